@@ -1,0 +1,40 @@
+"""The background loop that reclaims tasks whose lease expired."""
+
+import asyncio
+
+import structlog
+from sqlalchemy.exc import DBAPIError
+
+from rainchanel.server.metrics import Metrics
+from rainchanel.store.queue import RECLAIM_BATCH_SIZE, TaskQueue
+
+log = structlog.get_logger("rainchanel.reclaim")
+
+
+async def reclaim_once(queue: TaskQueue, metrics: Metrics) -> int:
+    """Reclaim every expired lease now, in batches; return how many."""
+    total = 0
+    while True:
+        retried, failed = await queue.reclaim_expired()
+        if retried or failed:
+            metrics.reclaimed.inc(retried + failed)
+            metrics.retried.inc(retried)
+            metrics.failed.inc(failed)
+            log.warning("tasks_reclaimed", retried=retried, failed=failed)
+        total += retried + failed
+        if retried + failed < RECLAIM_BATCH_SIZE:
+            return total
+
+
+async def run_reclaim_loop(queue: TaskQueue, metrics: Metrics, interval_seconds: float) -> None:
+    """Reclaim expired leases every interval_seconds until cancelled.
+
+    Several server processes may run this loop against one database: each
+    reclaim is a conditional update, so a task is reclaimed once.
+    """
+    while True:
+        try:
+            await reclaim_once(queue, metrics)
+        except (DBAPIError, OSError) as exc:
+            log.error("reclaim_failed", error=f"{type(exc).__name__}: {exc}")
+        await asyncio.sleep(interval_seconds)

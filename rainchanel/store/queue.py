@@ -1,0 +1,580 @@
+"""Queue operations: publish, claim, complete, fail, heartbeat, release,
+reclaim_expired and deliver_results, each one transaction.
+
+Every time comparison and every new deadline uses the database clock
+(`now_us()`), so servers with skewed clocks agree on leases and backoff.
+"""
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import BigInteger, String, bindparam, case, cast, delete, func, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from rainchanel.errors import Conflict, Forbidden, NotFound
+from rainchanel.store.clock import seconds_to_us
+from rainchanel.store.database import Database, now_us, random_unit
+from rainchanel.store.modules import ModuleStore
+from rainchanel.store.status import ALL_STATUSES, TaskStatus
+from rainchanel.store.tables import tasks, undelivered_results
+
+LEASE_TOKEN_BYTES = 24
+# Bounds one reclaim transaction; the loop comes back for the rest.
+RECLAIM_BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """Delay before retry n: base * 2^(n-1), capped, shortened by up to 20 % jitter."""
+
+    base_seconds: float
+    max_seconds: float
+
+
+@dataclass
+class NewTask:
+    """A validated task ready to be stored."""
+
+    owner_id: int
+    module_sha256: str
+    wasm: bytes
+    func: str
+    args: list
+    max_attempts: int
+    timeout_seconds: int
+    stdin: str | None = None
+    env: dict[str, str] | None = None
+    priority: int = 0
+    delay_seconds: float = 0
+
+
+@dataclass
+class ClaimedTask:
+    """A task handed to a worker under a lease."""
+
+    id: int
+    owner_id: int
+    module_sha256: str
+    wasm: bytes
+    wasm_base64: str
+    func: str
+    args: list
+    stdin: str | None
+    env: dict[str, str] | None
+    attempt: int
+    max_attempts: int
+    timeout_seconds: int
+    priority: int
+    lease_token: str
+    lease_expires_at: int
+    created_at: int
+    claimed_at: int
+
+
+@dataclass
+class TaskRecord:
+    """A task as its owner sees it."""
+
+    id: int
+    owner_id: int
+    module_sha256: str
+    func: str
+    args: list
+    status: TaskStatus
+    attempts: int
+    max_attempts: int
+    timeout_seconds: int
+    priority: int
+    last_error: str | None
+    result: Any
+    created_at: int
+    updated_at: int
+    finished_at: int | None
+
+
+@dataclass
+class Outcome:
+    """What a report did to a task, for logs and metrics."""
+
+    task_id: int
+    owner_id: int
+    status: TaskStatus
+    attempt: int
+    run_seconds: float | None
+    retried: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class TaskQueue:
+    """All task and result state transitions, behind domain verbs."""
+
+    def __init__(self, db: Database, module_store: ModuleStore, backoff: BackoffPolicy) -> None:
+        self.db = db
+        self.modules = module_store
+        self.backoff = backoff
+
+    # --- publishing -----------------------------------------------------
+
+    async def publish(self, new_tasks: list[NewTask]) -> list[int]:
+        """Store the tasks (and any module not stored yet) in one transaction."""
+
+        async def operation(connection: AsyncConnection) -> list[int]:
+            for sha256, wasm in {t.module_sha256: t.wasm for t in new_tasks}.items():
+                await self.modules.save(connection, sha256, wasm)
+
+            task_ids = []
+            for new_task in new_tasks:
+                result = await connection.execute(insert(tasks).values(self._task_row(new_task)))
+                task_ids.append(result.inserted_primary_key[0])
+            return task_ids
+
+        task_ids = await self.db.run(operation)
+        for new_task in new_tasks:
+            self.modules.cache.put(new_task.module_sha256, new_task.wasm)
+        return task_ids
+
+    def _task_row(self, new_task: NewTask) -> dict:
+        now = now_us()
+        return {
+            "owner_id": new_task.owner_id,
+            "module_sha256": new_task.module_sha256,
+            "func": new_task.func,
+            "args": _json(new_task.args),
+            "stdin": new_task.stdin,
+            "env": _json(new_task.env) if new_task.env is not None else None,
+            "status": TaskStatus.PENDING,
+            "priority": new_task.priority,
+            "attempts": 0,
+            "max_attempts": new_task.max_attempts,
+            "timeout_seconds": new_task.timeout_seconds,
+            "available_at": now + seconds_to_us(new_task.delay_seconds),
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    # --- claiming -------------------------------------------------------
+
+    async def claim(self, worker_id: int, max_tasks: int = 1) -> list[ClaimedTask]:
+        """Lease up to max_tasks available tasks to worker_id, best first."""
+
+        async def operation(connection: AsyncConnection) -> list[ClaimedTask]:
+            rows = (await connection.execute(self._claim_candidates(max_tasks))).all()
+            if not rows:
+                return []
+
+            now = rows[0].now
+            leases = [
+                {
+                    "task_id": row.id,
+                    "token": secrets.token_urlsafe(LEASE_TOKEN_BYTES),
+                    "expires_at": now + row.timeout_seconds * 1_000_000,
+                }
+                for row in rows
+            ]
+            # The rows are locked (SKIP LOCKED on MySQL, the write lock on
+            # SQLite), so updating by primary key cannot lose a race.
+            await connection.execute(
+                update(tasks)
+                .where(tasks.c.id == bindparam("task_id"))
+                .values(
+                    status=TaskStatus.PROCESSING,
+                    attempts=tasks.c.attempts + 1,
+                    lease_token=bindparam("token"),
+                    lease_owner_id=worker_id,
+                    lease_expires_at=bindparam("expires_at"),
+                    claimed_at=now,
+                    updated_at=now,
+                ),
+                leases,
+            )
+            module_bytes = await self.modules.load_many(connection, {row.module_sha256 for row in rows})
+            return [
+                self._claimed(row, lease, module_bytes[row.module_sha256], now) for row, lease in zip(rows, leases)
+            ]
+
+        return await self.db.run(operation)
+
+    def _claim_candidates(self, max_tasks: int):
+        statement = (
+            select(
+                tasks.c.id,
+                tasks.c.owner_id,
+                tasks.c.module_sha256,
+                tasks.c.func,
+                tasks.c.args,
+                tasks.c.stdin,
+                tasks.c.env,
+                tasks.c.attempts,
+                tasks.c.max_attempts,
+                tasks.c.timeout_seconds,
+                tasks.c.priority,
+                tasks.c.created_at,
+                now_us().label("now"),
+            )
+            .where(tasks.c.status == TaskStatus.PENDING, tasks.c.available_at <= now_us())
+            .order_by(tasks.c.priority.desc(), tasks.c.available_at, tasks.c.id)
+            .limit(max_tasks)
+        )
+        if not self.db.is_sqlite:
+            # Concurrent claimers skip each other's locked rows instead of
+            # queueing behind them or taking the same task twice.
+            statement = statement.with_for_update(skip_locked=True)
+        return statement
+
+    @staticmethod
+    def _claimed(row, lease: dict, module: tuple[bytes, str], now: int) -> ClaimedTask:
+        return ClaimedTask(
+            id=row.id,
+            owner_id=row.owner_id,
+            module_sha256=row.module_sha256,
+            wasm=module[0],
+            wasm_base64=module[1],
+            func=row.func,
+            args=orjson.loads(row.args),
+            stdin=row.stdin,
+            env=orjson.loads(row.env) if row.env is not None else None,
+            attempt=row.attempts + 1,
+            max_attempts=row.max_attempts,
+            timeout_seconds=row.timeout_seconds,
+            priority=row.priority,
+            lease_token=lease["token"],
+            lease_expires_at=lease["expires_at"],
+            created_at=row.created_at,
+            claimed_at=now,
+        )
+
+    # --- reports from the lease holder ------------------------------------
+
+    async def complete(
+        self, task_id: int, user_id: int, result_json: str, lease_token: str | None, created_by: int | None
+    ) -> Outcome:
+        """Record the result of the current lease; exactly one outcome per task."""
+
+        async def operation(connection: AsyncConnection) -> Outcome:
+            row = await self._locked_lease(connection, task_id, user_id, lease_token, created_by)
+            await self._finish(connection, row, TaskStatus.COMPLETED, result_json=result_json)
+            return Outcome(task_id, row.owner_id, TaskStatus.COMPLETED, row.attempts, _run_seconds(row))
+
+        return await self.db.run(operation)
+
+    async def fail(
+        self,
+        task_id: int,
+        user_id: int,
+        error: str,
+        lease_token: str | None,
+        created_by: int | None,
+        retryable: bool = True,
+    ) -> Outcome:
+        """Record a failed attempt: retry after a backoff, or fail for good."""
+
+        async def operation(connection: AsyncConnection) -> Outcome:
+            row = await self._locked_lease(connection, task_id, user_id, lease_token, created_by)
+            if retryable and row.attempts < row.max_attempts:
+                await self._retry_later(connection, row, error)
+                return Outcome(task_id, row.owner_id, TaskStatus.PENDING, row.attempts, _run_seconds(row), retried=True)
+
+            await self._finish(connection, row, TaskStatus.FAILED, error=error)
+            return Outcome(task_id, row.owner_id, TaskStatus.FAILED, row.attempts, _run_seconds(row))
+
+        return await self.db.run(operation)
+
+    async def heartbeat(self, task_id: int, user_id: int, lease_token: str) -> int:
+        """Extend the lease to the task's timeout from now; return the new expiry."""
+
+        async def operation(connection: AsyncConnection) -> int:
+            row = await self._locked_lease(connection, task_id, user_id, lease_token, None, require_holder=True)
+            expires_at = row.now + row.timeout_seconds * 1_000_000
+            await connection.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(lease_expires_at=expires_at, updated_at=row.now)
+            )
+            return expires_at
+
+        return await self.db.run(operation)
+
+    async def release(self, task_id: int, user_id: int, lease_token: str) -> None:
+        """Return a claimed task to pending without counting the attempt.
+
+        available_at is left as it was, so the task keeps its place in the queue.
+        """
+
+        async def operation(connection: AsyncConnection) -> None:
+            row = await self._locked_lease(connection, task_id, user_id, lease_token, None, require_holder=True)
+            await connection.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(
+                    status=TaskStatus.PENDING,
+                    attempts=tasks.c.attempts - 1,
+                    lease_token=None,
+                    lease_owner_id=None,
+                    lease_expires_at=None,
+                    updated_at=row.now,
+                )
+            )
+
+        await self.db.run(operation)
+
+    async def _locked_lease(
+        self,
+        connection: AsyncConnection,
+        task_id: int,
+        user_id: int,
+        lease_token: str | None,
+        created_by: int | None,
+        require_holder: bool = False,
+    ):
+        """Lock the task row and check the caller holds its current lease.
+
+        Checked in this order: unknown task (404), a created_by that is not
+        the owner (403), not the current lease or already finished (409).
+        """
+        statement = select(
+            tasks.c.id,
+            tasks.c.owner_id,
+            tasks.c.status,
+            tasks.c.attempts,
+            tasks.c.max_attempts,
+            tasks.c.timeout_seconds,
+            tasks.c.lease_token,
+            tasks.c.lease_owner_id,
+            tasks.c.claimed_at,
+            now_us().label("now"),
+        ).where(tasks.c.id == task_id)
+        if not self.db.is_sqlite:
+            # A concurrent report, heartbeat or reclaim of the same task waits
+            # here, so exactly one of them sees the lease as current.
+            statement = statement.with_for_update()
+        row = (await connection.execute(statement)).first()
+
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        if created_by is not None and created_by != row.owner_id:
+            raise Forbidden(f"created_by {created_by} does not match the owner of task {task_id}")
+        if row.status != TaskStatus.PROCESSING:
+            raise Conflict(_not_leased_message(task_id, row.status))
+        if lease_token is not None and not secrets.compare_digest(lease_token, row.lease_token or ""):
+            raise Conflict(f"lease_token does not match the current lease of task {task_id}; the lease was lost")
+        if (lease_token is None or require_holder) and row.lease_owner_id != user_id:
+            raise Conflict(f"task {task_id} is leased to another worker")
+        return row
+
+    async def _finish(self, connection, row, status: TaskStatus, result_json: str | None = None, error=None) -> None:
+        await connection.execute(
+            update(tasks)
+            .where(tasks.c.id == row.id)
+            .values(
+                status=status,
+                result=result_json,
+                last_error=error,
+                lease_token=None,
+                lease_expires_at=None,
+                finished_at=row.now,
+                updated_at=row.now,
+            )
+        )
+        await connection.execute(insert(undelivered_results).values(owner_id=row.owner_id, task_id=row.id))
+
+    async def _retry_later(self, connection, row, error: str) -> None:
+        await connection.execute(
+            update(tasks)
+            .where(tasks.c.id == row.id)
+            .values(
+                status=TaskStatus.PENDING,
+                available_at=row.now + self._backoff_us(tasks.c.attempts),
+                last_error=error,
+                lease_token=None,
+                lease_owner_id=None,
+                lease_expires_at=None,
+                updated_at=row.now,
+            )
+        )
+
+    def _backoff_us(self, attempts_column):
+        """SQL for the delay after failed attempt n: min(base * 2^(n-1), max) * U[0.8, 1]."""
+        base_us = seconds_to_us(self.backoff.base_seconds)
+        max_us = seconds_to_us(self.backoff.max_seconds)
+        # 2^40 s is far past any cap, so clamping the exponent there avoids overflow.
+        exponent = case((attempts_column - 1 > 40, 40), else_=attempts_column - 1)
+        uncapped = literal(base_us, BigInteger) * literal(1, BigInteger).bitwise_lshift(exponent)
+        capped = case((uncapped > max_us, max_us), else_=uncapped)
+        return cast(capped * (0.8 + 0.2 * random_unit()), BigInteger)
+
+    # --- reclaiming expired leases -----------------------------------------
+
+    async def reclaim_expired(self) -> tuple[int, int]:
+        """Treat every expired lease as a failed attempt; return (retried, failed)."""
+
+        async def operation(connection: AsyncConnection) -> tuple[int, int]:
+            expired_ids = (
+                await connection.scalars(
+                    select(tasks.c.id)
+                    .where(tasks.c.status == TaskStatus.PROCESSING, tasks.c.lease_expires_at < now_us())
+                    .order_by(tasks.c.lease_expires_at)
+                    .limit(RECLAIM_BATCH_SIZE)
+                )
+            ).all()
+            if not expired_ids:
+                return 0, 0
+
+            marker = "reclaim:" + secrets.token_urlsafe(16)
+            reclaimed = await connection.execute(self._reclaim_statement(expired_ids, marker))
+            if reclaimed.rowcount == 0:
+                return 0, 0
+
+            failed_for_good = await connection.execute(
+                insert(undelivered_results).from_select(
+                    ["owner_id", "task_id"],
+                    select(tasks.c.owner_id, tasks.c.id).where(
+                        tasks.c.id.in_(expired_ids), tasks.c.lease_token == marker
+                    ),
+                )
+            )
+            await connection.execute(
+                update(tasks).where(tasks.c.id.in_(expired_ids), tasks.c.lease_token == marker).values(lease_token=None)
+            )
+            failed = failed_for_good.rowcount
+            return reclaimed.rowcount - failed, failed
+
+        return await self.db.run(operation)
+
+    def _reclaim_statement(self, expired_ids: list[int], marker: str):
+        """One conditional UPDATE over the expired leases.
+
+        The WHERE clause is evaluated again on each locked row, so a report,
+        a heartbeat or another server's reclaim that got there first leaves
+        the row out. Final failures are tagged with marker so the caller can
+        queue exactly the rows this statement failed for delivery.
+        """
+        last_attempt = tasks.c.attempts >= tasks.c.max_attempts
+        now = now_us()
+        error = literal("lease expired after ") + cast(tasks.c.timeout_seconds, String) + literal(" s without a report")
+        return (
+            update(tasks)
+            .where(
+                tasks.c.id.in_(expired_ids),
+                tasks.c.status == TaskStatus.PROCESSING,
+                tasks.c.lease_expires_at < now,
+            )
+            .values(
+                # No assignment below reads a column assigned before it:
+                # MySQL evaluates SET clauses left to right on the new values.
+                status=case((last_attempt, TaskStatus.FAILED.value), else_=TaskStatus.PENDING.value),
+                available_at=case((last_attempt, tasks.c.available_at), else_=now + self._backoff_us(tasks.c.attempts)),
+                finished_at=case((last_attempt, now), else_=None),
+                lease_token=case((last_attempt, marker), else_=None),
+                last_error=error,
+                lease_owner_id=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+
+    # --- delivering results ------------------------------------------------
+
+    async def deliver_results(self, owner_id: int, max_results: int = 1) -> list[TaskRecord]:
+        """Hand the owner's oldest undelivered outcomes over, each exactly once."""
+
+        async def operation(connection: AsyncConnection) -> list[TaskRecord]:
+            statement = (
+                select(undelivered_results.c.seq, undelivered_results.c.task_id)
+                .where(undelivered_results.c.owner_id == owner_id)
+                .order_by(undelivered_results.c.seq)
+                .limit(max_results)
+            )
+            if not self.db.is_sqlite:
+                # Two concurrent collectors lock disjoint rows, and the
+                # delete below commits with the read, so no result is
+                # delivered twice.
+                statement = statement.with_for_update(skip_locked=True)
+            pending = (await connection.execute(statement)).all()
+            if not pending:
+                return []
+
+            await connection.execute(
+                delete(undelivered_results).where(undelivered_results.c.seq.in_([row.seq for row in pending]))
+            )
+            records = await self._load_records(connection, [row.task_id for row in pending])
+            return [records[row.task_id] for row in pending if row.task_id in records]
+
+        return await self.db.run(operation)
+
+    # --- reading -------------------------------------------------------------
+
+    async def get_task(self, task_id: int, owner_id: int) -> TaskRecord:
+        async with self.db.engine.connect() as connection:
+            records = await self._load_records(connection, [task_id])
+        record = records.get(task_id)
+        if record is None or record.owner_id != owner_id:
+            raise NotFound(f"task {task_id} not found")
+        return record
+
+    async def _load_records(self, connection, task_ids: list[int]) -> dict[int, TaskRecord]:
+        rows = await connection.execute(
+            select(
+                tasks.c.id,
+                tasks.c.owner_id,
+                tasks.c.module_sha256,
+                tasks.c.func,
+                tasks.c.args,
+                tasks.c.status,
+                tasks.c.attempts,
+                tasks.c.max_attempts,
+                tasks.c.timeout_seconds,
+                tasks.c.priority,
+                tasks.c.last_error,
+                tasks.c.result,
+                tasks.c.created_at,
+                tasks.c.updated_at,
+                tasks.c.finished_at,
+            ).where(tasks.c.id.in_(task_ids))
+        )
+        return {row.id: _record(row) for row in rows}
+
+    async def count_by_status(self) -> dict[str, int]:
+        async with self.db.engine.connect() as connection:
+            rows = await connection.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
+            counts = {status.value: 0 for status in ALL_STATUSES}
+            for status, count in rows:
+                counts[status] = count
+        return counts
+
+
+def _record(row) -> TaskRecord:
+    return TaskRecord(
+        id=row.id,
+        owner_id=row.owner_id,
+        module_sha256=row.module_sha256,
+        func=row.func,
+        args=orjson.loads(row.args),
+        status=TaskStatus(row.status),
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        timeout_seconds=row.timeout_seconds,
+        priority=row.priority,
+        last_error=row.last_error,
+        result=orjson.loads(row.result) if row.result is not None else None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _run_seconds(row) -> float | None:
+    if row.claimed_at is None:
+        return None
+    return max(0, row.now - row.claimed_at) / 1_000_000
+
+
+def _not_leased_message(task_id: int, status: str) -> str:
+    if status == TaskStatus.PENDING:
+        return f"task {task_id} is not leased: its lease expired or was released, and it is waiting for a new claim"
+    return f"task {task_id} is already {status}; a task accepts one outcome"
