@@ -16,7 +16,7 @@ from rainchanel.server.envelope import error_response, handle_domain_error, hand
 from rainchanel.server.metrics import Metrics
 from rainchanel.server.middleware import BodyLimitMiddleware, JsonBodyMiddleware, RequestLogMiddleware
 from rainchanel.server.reclaim import run_reclaim_loop
-from rainchanel.server.routes import accounts, ops, results, tasks
+from rainchanel.server.routes import accounts, modules, ops, results, tasks
 from rainchanel.server.services import open_services
 from rainchanel.store.migrate import upgrade_database
 
@@ -34,7 +34,9 @@ def create_app(settings: Settings, migrate: bool = True, metrics: Metrics | None
         services = await open_services(settings, metrics)
         app.state.services = services
         reclaimer = asyncio.create_task(
-            run_reclaim_loop(services.queue, metrics, settings.task.stale_check_interval_seconds)
+            run_reclaim_loop(
+                services.queue, metrics, settings.task.stale_check_interval_seconds, services.result_signal
+            )
         )
         log.info("server_started", version=__version__, database=services.db.engine.dialect.name)
         try:
@@ -56,6 +58,7 @@ def create_app(settings: Settings, migrate: bool = True, metrics: Metrics | None
     app.include_router(accounts.router)
     app.include_router(tasks.router)
     app.include_router(results.router)
+    app.include_router(modules.router)
 
     app.add_exception_handler(RainChanelError, handle_domain_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)

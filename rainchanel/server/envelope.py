@@ -46,7 +46,15 @@ async def handle_http_error(request: Request, exc: HTTPException) -> Response:
     return error_response(exc.status_code, message, getattr(exc, "headers", None))
 
 
+# Errors that only say "the body was not this branch of a union"; when the
+# body matched the other branch better, its errors are the useful ones.
+_UNION_MISMATCH_TYPES = {"model_attributes_type", "model_type", "list_type"}
+
+
 def describe_validation_errors(errors: list[dict]) -> str:
+    specific = [error for error in errors if error.get("type") not in _UNION_MISMATCH_TYPES]
+    if specific and len(specific) < len(errors):
+        errors = specific
     problems = []
     for error in errors[:5]:
         if error.get("type") == "json_invalid":
@@ -58,7 +66,13 @@ def describe_validation_errors(errors: list[dict]) -> str:
         if error.get("type") == "missing" and error.get("loc") == ("body",):
             problems.append("request body is missing; send a JSON object")
             continue
-        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        location = ".".join(str(part) for part in error.get("loc", ()) if not _is_union_tag(part))
         message = error["msg"].removeprefix("Value error, ")
         problems.append(f"{location}: {message}" if location else message)
     return "invalid request: " + "; ".join(problems)
+
+
+def _is_union_tag(part) -> bool:
+    # FastAPI puts "body" and the union branch ("ResultReport",
+    # "list[ResultReport]") into the location; neither names a field.
+    return part == "body" or (isinstance(part, str) and (part[:1].isupper() or part.startswith("list[")))

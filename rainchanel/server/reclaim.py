@@ -6,12 +6,13 @@ import structlog
 from sqlalchemy.exc import DBAPIError
 
 from rainchanel.server.metrics import Metrics
+from rainchanel.server.waiting import Signal
 from rainchanel.store.queue import RECLAIM_BATCH_SIZE, TaskQueue
 
 log = structlog.get_logger("rainchanel.reclaim")
 
 
-async def reclaim_once(queue: TaskQueue, metrics: Metrics) -> int:
+async def reclaim_once(queue: TaskQueue, metrics: Metrics, result_signal: Signal | None = None) -> int:
     """Reclaim every expired lease now, in batches; return how many."""
     total = 0
     while True:
@@ -21,12 +22,16 @@ async def reclaim_once(queue: TaskQueue, metrics: Metrics) -> int:
             metrics.retried.inc(retried)
             metrics.failed.inc(failed)
             log.warning("tasks_reclaimed", retried=retried, failed=failed)
+        if failed and result_signal is not None:
+            result_signal.notify()
         total += retried + failed
         if retried + failed < RECLAIM_BATCH_SIZE:
             return total
 
 
-async def run_reclaim_loop(queue: TaskQueue, metrics: Metrics, interval_seconds: float) -> None:
+async def run_reclaim_loop(
+    queue: TaskQueue, metrics: Metrics, interval_seconds: float, result_signal: Signal | None = None
+) -> None:
     """Reclaim expired leases every interval_seconds until cancelled.
 
     Several server processes may run this loop against one database: each
@@ -34,7 +39,7 @@ async def run_reclaim_loop(queue: TaskQueue, metrics: Metrics, interval_seconds:
     """
     while True:
         try:
-            await reclaim_once(queue, metrics)
+            await reclaim_once(queue, metrics, result_signal)
         except (DBAPIError, OSError) as exc:
             log.error("reclaim_failed", error=f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(interval_seconds)

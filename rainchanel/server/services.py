@@ -1,6 +1,6 @@
 """The objects a running server shares between requests."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from fastapi import Depends, Request
@@ -11,6 +11,7 @@ from rainchanel.errors import Unauthorized
 from rainchanel.server.auth import JWT_SECRET_SETTING, Principal, TokenService, generate_secret
 from rainchanel.server.metrics import Metrics
 from rainchanel.server.validation import ModuleValidator
+from rainchanel.server.waiting import Signal
 from rainchanel.store.accounts import AccountStore
 from rainchanel.store.database import Database
 from rainchanel.store.modules import ModuleStore
@@ -29,6 +30,10 @@ class Services:
     validator: ModuleValidator
     tokens: TokenService
     metrics: Metrics
+    # Wakes long-polling claims when a task is published in this process.
+    task_signal: Signal = field(default_factory=Signal)
+    # Wakes long-polling result collectors when an outcome is recorded.
+    result_signal: Signal = field(default_factory=Signal)
 
     async def close(self) -> None:
         self.validator.close()

@@ -63,6 +63,11 @@ class ModuleStore:
             statement = statement.on_duplicate_key_update(sha256=statement.inserted.sha256)
         await connection.execute(statement)
 
+    async def store(self, sha256: str, wasm: bytes) -> None:
+        """Insert the module in its own transaction."""
+        await self.db.run(lambda connection: self.save(connection, sha256, wasm))
+        self.cache.put(sha256, wasm)
+
     async def exists(self, sha256: str) -> bool:
         if self.cache.get(sha256) is not None:
             return True

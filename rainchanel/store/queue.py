@@ -6,18 +6,18 @@ Every time comparison and every new deadline uses the database clock
 """
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from sqlalchemy import BigInteger, String, bindparam, case, cast, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from rainchanel.errors import Conflict, Forbidden, NotFound
+from rainchanel.errors import Conflict, Forbidden, NotFound, RainChanelError
 from rainchanel.store.clock import seconds_to_us
 from rainchanel.store.database import Database, now_us, random_unit
 from rainchanel.store.modules import ModuleStore
-from rainchanel.store.status import ALL_STATUSES, TaskStatus
+from rainchanel.store.status import ALL_STATUSES, TERMINAL_STATUSES, TaskStatus
 from rainchanel.store.tables import tasks, undelivered_results
 
 LEASE_TOKEN_BYTES = 24
@@ -96,7 +96,7 @@ class TaskRecord:
 
 @dataclass
 class Outcome:
-    """What a report did to a task, for logs and metrics."""
+    """What an accepted report did to a task, for the answer, logs and metrics."""
 
     task_id: int
     owner_id: int
@@ -104,7 +104,20 @@ class Outcome:
     attempt: int
     run_seconds: float | None
     retried: bool = False
-    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """An outcome reported by a worker for the attempt it holds."""
+
+    task_id: int
+    user_id: int
+    lease_token: str | None
+    created_by: int | None
+    completed: bool
+    result_json: str | None = None
+    error: str | None = None
+    retryable: bool = True
 
 
 def _json(value: Any) -> str:
@@ -251,17 +264,42 @@ class TaskQueue:
 
     # --- reports from the lease holder ------------------------------------
 
+    async def report(self, reports: list[Report]) -> list[Outcome | RainChanelError]:
+        """Record reported outcomes in one transaction; exactly one outcome per task.
+
+        Each report gets its own Outcome or error, in order; a refused report
+        does not stop the others.
+        """
+
+        async def operation(connection: AsyncConnection) -> list[Outcome | RainChanelError]:
+            leases = await self._lock_leases(connection, {report.task_id for report in reports})
+            answers: list[Outcome | RainChanelError] = []
+            for report in reports:
+                lease = leases.get(report.task_id)
+                try:
+                    _check_lease(lease, report.task_id, report.user_id, report.lease_token, report.created_by)
+                except RainChanelError as exc:
+                    answers.append(exc)
+                    continue
+                outcome = self._decide(lease, report)
+                # A second report for the same task in this batch finds it
+                # no longer processing.
+                lease["status"] = outcome.status
+                answers.append(outcome)
+
+            accepted = [(report, answer) for report, answer in zip(reports, answers) if isinstance(answer, Outcome)]
+            if accepted:
+                await self._apply(connection, accepted, now=next(iter(leases.values()))["now"])
+            return answers
+
+        return await self.db.run(operation)
+
     async def complete(
         self, task_id: int, user_id: int, result_json: str, lease_token: str | None, created_by: int | None
     ) -> Outcome:
-        """Record the result of the current lease; exactly one outcome per task."""
-
-        async def operation(connection: AsyncConnection) -> Outcome:
-            row = await self._locked_lease(connection, task_id, user_id, lease_token, created_by)
-            await self._finish(connection, row, TaskStatus.COMPLETED, result_json=result_json)
-            return Outcome(task_id, row.owner_id, TaskStatus.COMPLETED, row.attempts, _run_seconds(row))
-
-        return await self.db.run(operation)
+        """Record the result of the current lease, or raise why it is refused."""
+        report = Report(task_id, user_id, lease_token, created_by, completed=True, result_json=result_json)
+        return _single(await self.report([report]))
 
     async def fail(
         self,
@@ -273,28 +311,82 @@ class TaskQueue:
         retryable: bool = True,
     ) -> Outcome:
         """Record a failed attempt: retry after a backoff, or fail for good."""
+        report = Report(task_id, user_id, lease_token, created_by, completed=False, error=error, retryable=retryable)
+        return _single(await self.report([report]))
 
-        async def operation(connection: AsyncConnection) -> Outcome:
-            row = await self._locked_lease(connection, task_id, user_id, lease_token, created_by)
-            if retryable and row.attempts < row.max_attempts:
-                await self._retry_later(connection, row, error)
-                return Outcome(task_id, row.owner_id, TaskStatus.PENDING, row.attempts, _run_seconds(row), retried=True)
+    @staticmethod
+    def _decide(lease: dict, report: Report) -> Outcome:
+        run_seconds = max(0, lease["now"] - (lease["claimed_at"] or lease["now"])) / 1_000_000
+        fields = {"task_id": report.task_id, "owner_id": lease["owner_id"], "attempt": lease["attempts"]}
+        if report.completed:
+            return Outcome(status=TaskStatus.COMPLETED, run_seconds=run_seconds, **fields)
+        if report.retryable and lease["attempts"] < lease["max_attempts"]:
+            return Outcome(status=TaskStatus.PENDING, run_seconds=run_seconds, retried=True, **fields)
+        return Outcome(status=TaskStatus.FAILED, run_seconds=run_seconds, **fields)
 
-            await self._finish(connection, row, TaskStatus.FAILED, error=error)
-            return Outcome(task_id, row.owner_id, TaskStatus.FAILED, row.attempts, _run_seconds(row))
+    async def _apply(self, connection: AsyncConnection, accepted: list[tuple["Report", Outcome]], now: int) -> None:
+        finished = {"lease_token": None, "lease_expires_at": None, "finished_at": now, "updated_at": now}
+        completions = [
+            {"b_id": report.task_id, "b_result": report.result_json}
+            for report, outcome in accepted
+            if outcome.status == TaskStatus.COMPLETED
+        ]
+        failures = [
+            {"b_id": report.task_id, "b_error": report.error}
+            for report, outcome in accepted
+            if outcome.status == TaskStatus.FAILED
+        ]
+        retries = [{"b_id": report.task_id, "b_error": report.error} for report, outcome in accepted if outcome.retried]
 
-        return await self.db.run(operation)
+        if completions:
+            await connection.execute(
+                update(tasks)
+                .where(tasks.c.id == bindparam("b_id"))
+                .values(status=TaskStatus.COMPLETED, result=bindparam("b_result"), last_error=None, **finished),
+                completions,
+            )
+        if failures:
+            await connection.execute(
+                update(tasks)
+                .where(tasks.c.id == bindparam("b_id"))
+                .values(status=TaskStatus.FAILED, last_error=bindparam("b_error"), **finished),
+                failures,
+            )
+        if retries:
+            await connection.execute(
+                update(tasks)
+                .where(tasks.c.id == bindparam("b_id"))
+                .values(
+                    status=TaskStatus.PENDING,
+                    available_at=now + self._backoff_us(tasks.c.attempts),
+                    last_error=bindparam("b_error"),
+                    lease_token=None,
+                    lease_owner_id=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                ),
+                retries,
+            )
+
+        # Inserted in report order, so the sequence follows the order in
+        # which the outcomes were recorded.
+        deliveries = [
+            {"owner_id": outcome.owner_id, "task_id": outcome.task_id}
+            for _, outcome in accepted
+            if outcome.status in TERMINAL_STATUSES
+        ]
+        if deliveries:
+            await connection.execute(insert(undelivered_results), deliveries)
 
     async def heartbeat(self, task_id: int, user_id: int, lease_token: str) -> int:
         """Extend the lease to the task's timeout from now; return the new expiry."""
 
         async def operation(connection: AsyncConnection) -> int:
-            row = await self._locked_lease(connection, task_id, user_id, lease_token, None, require_holder=True)
-            expires_at = row.now + row.timeout_seconds * 1_000_000
+            lease = (await self._lock_leases(connection, {task_id})).get(task_id)
+            _check_lease(lease, task_id, user_id, lease_token, None, require_holder=True)
+            expires_at = lease["now"] + lease["timeout_seconds"] * 1_000_000
             await connection.execute(
-                update(tasks)
-                .where(tasks.c.id == task_id)
-                .values(lease_expires_at=expires_at, updated_at=row.now)
+                update(tasks).where(tasks.c.id == task_id).values(lease_expires_at=expires_at, updated_at=lease["now"])
             )
             return expires_at
 
@@ -307,7 +399,8 @@ class TaskQueue:
         """
 
         async def operation(connection: AsyncConnection) -> None:
-            row = await self._locked_lease(connection, task_id, user_id, lease_token, None, require_holder=True)
+            lease = (await self._lock_leases(connection, {task_id})).get(task_id)
+            _check_lease(lease, task_id, user_id, lease_token, None, require_holder=True)
             await connection.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id)
@@ -317,86 +410,37 @@ class TaskQueue:
                     lease_token=None,
                     lease_owner_id=None,
                     lease_expires_at=None,
-                    updated_at=row.now,
+                    updated_at=lease["now"],
                 )
             )
 
         await self.db.run(operation)
 
-    async def _locked_lease(
-        self,
-        connection: AsyncConnection,
-        task_id: int,
-        user_id: int,
-        lease_token: str | None,
-        created_by: int | None,
-        require_holder: bool = False,
-    ):
-        """Lock the task row and check the caller holds its current lease.
-
-        Checked in this order: unknown task (404), a created_by that is not
-        the owner (403), not the current lease or already finished (409).
-        """
-        statement = select(
-            tasks.c.id,
-            tasks.c.owner_id,
-            tasks.c.status,
-            tasks.c.attempts,
-            tasks.c.max_attempts,
-            tasks.c.timeout_seconds,
-            tasks.c.lease_token,
-            tasks.c.lease_owner_id,
-            tasks.c.claimed_at,
-            now_us().label("now"),
-        ).where(tasks.c.id == task_id)
+    async def _lock_leases(self, connection: AsyncConnection, task_ids: set[int]) -> dict[int, dict]:
+        """Lock the task rows (in id order) and return their lease state by id."""
+        statement = (
+            select(
+                tasks.c.id,
+                tasks.c.owner_id,
+                tasks.c.status,
+                tasks.c.attempts,
+                tasks.c.max_attempts,
+                tasks.c.timeout_seconds,
+                tasks.c.lease_token,
+                tasks.c.lease_owner_id,
+                tasks.c.claimed_at,
+                now_us().label("now"),
+            )
+            .where(tasks.c.id.in_(sorted(task_ids)))
+            .order_by(tasks.c.id)
+        )
         if not self.db.is_sqlite:
             # A concurrent report, heartbeat or reclaim of the same task waits
-            # here, so exactly one of them sees the lease as current.
+            # here, so exactly one of them sees the lease as current. Locking
+            # in id order keeps two batches from deadlocking each other.
             statement = statement.with_for_update()
-        row = (await connection.execute(statement)).first()
-
-        if row is None:
-            raise NotFound(f"task {task_id} not found")
-        if created_by is not None and created_by != row.owner_id:
-            raise Forbidden(f"created_by {created_by} does not match the owner of task {task_id}")
-        if row.status != TaskStatus.PROCESSING:
-            raise Conflict(_not_leased_message(task_id, row.status))
-        if lease_token is not None and not secrets.compare_digest(lease_token, row.lease_token or ""):
-            raise Conflict(f"lease_token does not match the current lease of task {task_id}; the lease was lost")
-        if (lease_token is None or require_holder) and row.lease_owner_id != user_id:
-            raise Conflict(f"task {task_id} is leased to another worker")
-        return row
-
-    async def _finish(self, connection, row, status: TaskStatus, result_json: str | None = None, error=None) -> None:
-        await connection.execute(
-            update(tasks)
-            .where(tasks.c.id == row.id)
-            .values(
-                status=status,
-                result=result_json,
-                last_error=error,
-                lease_token=None,
-                lease_expires_at=None,
-                finished_at=row.now,
-                updated_at=row.now,
-            )
-        )
-        await connection.execute(insert(undelivered_results).values(owner_id=row.owner_id, task_id=row.id))
-
-    async def _retry_later(self, connection, row, error: str) -> None:
-        await connection.execute(
-            update(tasks)
-            .where(tasks.c.id == row.id)
-            .values(
-                status=TaskStatus.PENDING,
-                available_at=row.now + self._backoff_us(tasks.c.attempts),
-                last_error=error,
-                lease_token=None,
-                lease_owner_id=None,
-                lease_expires_at=None,
-                updated_at=row.now,
-            )
-        )
+        rows = await connection.execute(statement)
+        return {row.id: dict(row._mapping) for row in rows}
 
     def _backoff_us(self, attempts_column):
         """SQL for the delay after failed attempt n: min(base * 2^(n-1), max) * U[0.8, 1]."""
@@ -568,10 +612,38 @@ def _record(row) -> TaskRecord:
     )
 
 
-def _run_seconds(row) -> float | None:
-    if row.claimed_at is None:
-        return None
-    return max(0, row.now - row.claimed_at) / 1_000_000
+def _check_lease(
+    lease: dict | None,
+    task_id: int,
+    user_id: int,
+    lease_token: str | None,
+    created_by: int | None,
+    require_holder: bool = False,
+) -> None:
+    """Raise unless the caller holds the task's current lease.
+
+    Checked in this order: unknown task (404), a created_by that is not the
+    owner (403), not the current lease or already finished (409). A report
+    without a lease token, from a client older than leases, is accepted
+    from the user holding the lease.
+    """
+    if lease is None:
+        raise NotFound(f"task {task_id} not found")
+    if created_by is not None and created_by != lease["owner_id"]:
+        raise Forbidden(f"created_by {created_by} does not match the owner of task {task_id}")
+    if lease["status"] != TaskStatus.PROCESSING:
+        raise Conflict(_not_leased_message(task_id, lease["status"]))
+    if lease_token is not None and not secrets.compare_digest(lease_token, lease["lease_token"] or ""):
+        raise Conflict(f"lease_token does not match the current lease of task {task_id}; the lease was lost")
+    if (lease_token is None or require_holder) and lease["lease_owner_id"] != user_id:
+        raise Conflict(f"task {task_id} is leased to another worker")
+
+
+def _single(answers: list) -> "Outcome":
+    answer = answers[0]
+    if isinstance(answer, RainChanelError):
+        raise answer
+    return answer
 
 
 def _not_leased_message(task_id: int, status: str) -> str:

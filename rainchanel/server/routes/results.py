@@ -1,61 +1,130 @@
 """Reports from workers (POST /results, POST /failures) and delivery (GET /results)."""
 
 import json
+from typing import Annotated
 
 import orjson
 import structlog
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query
 
-from rainchanel.errors import NotFound, PayloadTooLarge
+from rainchanel.errors import InvalidRequest, NotFound, PayloadTooLarge, RainChanelError
 from rainchanel.server.auth import Principal
 from rainchanel.server.envelope import ok
 from rainchanel.server.schemas import FailureReport, ResultReport
 from rainchanel.server.services import Services, current_principal, get_services
 from rainchanel.store.clock import to_rfc3339
-from rainchanel.store.queue import Outcome, TaskRecord
-from rainchanel.store.status import TaskStatus
+from rainchanel.server.waiting import MAX_WAIT_SECONDS, fetch_or_wait
+from rainchanel.store.queue import Outcome, Report, TaskRecord
+from rainchanel.store.status import TERMINAL_STATUSES, TaskStatus
 
 log = structlog.get_logger("rainchanel.results")
 router = APIRouter()
 
 MAX_DELIVERY_BATCH = 100
+MAX_REPORT_BATCH = 1000
 
 
 @router.post("/results")
-async def post_result(
-    body: ResultReport,
+async def post_results(
+    body: Annotated[ResultReport | list[ResultReport], Body()],
     principal: Principal = Depends(current_principal),
     services: Services = Depends(get_services),
 ):
-    result_json = encode_result(body.result, services.settings.limits.max_result_bytes)
-    outcome = await services.queue.complete(
-        body.task_id, principal.user_id, result_json, body.lease_token, body.created_by
-    )
-    _record_outcome(services, outcome, principal)
-    return ok({"task_id": body.task_id, "status": outcome.status.value})
+    """Record one result, or a list of results in one transaction."""
+    max_result_bytes = services.settings.limits.max_result_bytes
+    if isinstance(body, ResultReport):
+        report = Report(
+            body.task_id, principal.user_id, body.lease_token, body.created_by, completed=True,
+            result_json=encode_result(body.result, max_result_bytes),
+        )
+        return ok(_single_answer(await _record(services, [report], principal)))
+
+    _check_batch_size(body)
+    reports, refused = [], {}
+    for index, item in enumerate(body):
+        try:
+            result_json = encode_result(item.result, max_result_bytes)
+        except RainChanelError as exc:
+            refused[index] = exc
+            continue
+        reports.append(
+            Report(item.task_id, principal.user_id, item.lease_token, item.created_by, completed=True, result_json=result_json)
+        )
+    answers = await _record(services, reports, principal) if reports else []
+    return ok({"results": _merge_answers(body, answers, refused)})
 
 
 @router.post("/failures")
-async def post_failure(
-    body: FailureReport,
+async def post_failures(
+    body: Annotated[FailureReport | list[FailureReport], Body()],
     principal: Principal = Depends(current_principal),
     services: Services = Depends(get_services),
 ):
-    error = truncate_utf8(body.error_msg, services.settings.limits.max_error_bytes)
-    outcome = await services.queue.fail(
-        body.task_id, principal.user_id, error, body.lease_token, body.created_by, body.retryable
-    )
-    _record_outcome(services, outcome, principal, error)
-    return ok({"task_id": body.task_id, "status": outcome.status.value, "retried": outcome.retried})
+    """Record one failed attempt, or a list of them in one transaction."""
+    max_error_bytes = services.settings.limits.max_error_bytes
+    items = [body] if isinstance(body, FailureReport) else body
+    if isinstance(body, list):
+        _check_batch_size(body)
+    reports = [
+        Report(
+            item.task_id, principal.user_id, item.lease_token, item.created_by, completed=False,
+            error=truncate_utf8(item.error_msg, max_error_bytes), retryable=item.retryable,
+        )
+        for item in items
+    ]
+    answers = await _record(services, reports, principal)
+    if isinstance(body, FailureReport):
+        return ok(_single_answer(answers))
+    return ok({"results": [_answer_view(answer) for answer in answers]})
+
+
+async def _record(services: Services, reports: list[Report], principal: Principal) -> list:
+    answers = await services.queue.report(reports)
+    for report, answer in zip(reports, answers):
+        if isinstance(answer, Outcome):
+            _record_outcome(services, answer, principal, report.error)
+    if any(isinstance(answer, Outcome) and answer.status in TERMINAL_STATUSES for answer in answers):
+        services.result_signal.notify()
+    return answers
+
+
+def _check_batch_size(items: list) -> None:
+    if not 1 <= len(items) <= MAX_REPORT_BATCH:
+        raise InvalidRequest(f"a list of reports must hold 1 to {MAX_REPORT_BATCH} items, got {len(items)}")
+
+
+def _single_answer(answers: list) -> dict:
+    answer = answers[0]
+    if isinstance(answer, RainChanelError):
+        raise answer
+    return _answer_view(answer)
+
+
+def _answer_view(answer) -> dict:
+    if isinstance(answer, RainChanelError):
+        return {"error": {"code": answer.status_code, "message": answer.message}}
+    return {"task_id": answer.task_id, "status": answer.status.value, "retried": answer.retried}
+
+
+def _merge_answers(items: list, answers: list, refused: dict[int, RainChanelError]) -> list[dict]:
+    """Put the answers from the queue and the reports refused before it back in request order."""
+    merged, remaining = [], iter(answers)
+    for index, item in enumerate(items):
+        view = _answer_view(refused[index] if index in refused else next(remaining))
+        merged.append({"task_id": item.task_id, **view})
+    return merged
 
 
 @router.get("/results")
 async def get_results(
     max: int | None = Query(default=None, ge=1, le=MAX_DELIVERY_BATCH, description="deliver up to this many results"),
+    wait: float = Query(default=0, ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait for a result"),
     principal: Principal = Depends(current_principal),
     services: Services = Depends(get_services),
 ):
-    records = await services.queue.deliver_results(principal.user_id, max or 1)
+    records = await fetch_or_wait(
+        lambda: services.queue.deliver_results(principal.user_id, max or 1), services.result_signal, wait
+    )
     for record in records:
         log.info("result_delivered", task_id=record.id, owner=record.owner_id, status=record.status.value)
     if not records:

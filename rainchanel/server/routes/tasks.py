@@ -9,6 +9,7 @@ from rainchanel.server.envelope import ok
 from rainchanel.server.schemas import LeaseRequest, PublishRequest, TaskDraft
 from rainchanel.server.services import Services, current_principal, get_services
 from rainchanel.server.validation import decode_module
+from rainchanel.server.waiting import MAX_WAIT_SECONDS, fetch_or_wait
 from rainchanel.store.clock import to_rfc3339
 from rainchanel.store.queue import ClaimedTask, NewTask
 from rainchanel.wasm.inspect import check_call
@@ -107,6 +108,7 @@ def _within(name: str, value: int | None, default: int, low: int, high: int) -> 
 
 
 def _record_published(services: Services, task_ids: list[int], principal: Principal) -> None:
+    services.task_signal.notify()
     services.metrics.published.inc(len(task_ids))
     for task_id in task_ids:
         log.info("task_published", task_id=task_id, owner=principal.user_id)
@@ -116,10 +118,13 @@ def _record_published(services: Services, task_ids: list[int], principal: Princi
 async def claim(
     max: int | None = Query(default=None, ge=1, le=MAX_CLAIM_BATCH, description="claim up to this many tasks"),
     inline_module: bool = Query(default=True, description="include the module bytes as base64"),
+    wait: float = Query(default=0, ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait for a task"),
     principal: Principal = Depends(current_principal),
     services: Services = Depends(get_services),
 ):
-    claimed = await services.queue.claim(principal.user_id, max or 1)
+    claimed = await fetch_or_wait(
+        lambda: services.queue.claim(principal.user_id, max or 1), services.task_signal, wait
+    )
     for task in claimed:
         _record_claimed(services, task, principal)
 

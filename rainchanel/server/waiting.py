@@ -1,0 +1,55 @@
+"""Long polling: wake waiting requests when work arrives.
+
+A publish (or a recorded outcome) in this process wakes its waiters at once.
+Work recorded by another server process is found by polling the database
+with a bounded backoff, so such a wake-up takes at most about a second.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+FIRST_POLL_SECONDS = 0.05
+MAX_POLL_SECONDS = 1.0
+MAX_WAIT_SECONDS = 30
+
+
+class Signal:
+    """A broadcast wake-up: every waiter present when notify() runs returns."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        """The event the next notify() sets; take it before checking for work."""
+        return self._event
+
+
+async def _wait(event: asyncio.Event, timeout_seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout_seconds)
+    except TimeoutError:
+        pass
+
+
+async def fetch_or_wait(fetch: Callable[[], Awaitable[list[T]]], signal: Signal, wait_seconds: float) -> list[T]:
+    """Call fetch until it returns something or wait_seconds pass."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    poll_seconds = FIRST_POLL_SECONDS
+    while True:
+        # Taken before the fetch, so a notify() that lands between an empty
+        # fetch and the wait below still wakes this request.
+        event = signal.current()
+        items = await fetch()
+        remaining = deadline - loop.time()
+        if items or remaining <= 0:
+            return items
+        await _wait(event, min(poll_seconds, remaining))
+        poll_seconds = min(poll_seconds * 2, MAX_POLL_SECONDS)
