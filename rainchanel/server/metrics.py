@@ -7,7 +7,7 @@ status gauge existing dashboards read.
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 # Seconds; from tens of milliseconds of queueing to an hour-long task.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -18,11 +18,20 @@ STATUS_CACHE_SECONDS = 5.0
 class Metrics:
     """The server's series, registered in their own registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+    def __init__(self, multiprocess: bool = False) -> None:
+        """With multiprocess=True, values live in PROMETHEUS_MULTIPROC_DIR and
+        every scrape reads the files of all server processes."""
+        self.multiprocess = multiprocess
+        self.registry = CollectorRegistry()
         r = self.registry
+        # Each process refreshes the gauge from the database when it serves
+        # a scrape; the freshest value across processes is the true one.
         self.tasks_by_status = Gauge(
-            "rainchanel_tasks_total", "Tasks in the database by status.", ["status"], registry=r, multiprocess_mode="max"
+            "rainchanel_tasks_total",
+            "Tasks in the database by status.",
+            ["status"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.published = Counter("rainchanel_tasks_published", "Tasks published.", registry=r)
         self.claimed = Counter("rainchanel_tasks_claimed", "Task attempts claimed by workers.", registry=r)
@@ -51,6 +60,14 @@ class Metrics:
         )
         self._status_read_at = 0.0
         self.status_counts: dict[str, int] = {}
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """The registry to render at /metrics."""
+        if not self.multiprocess:
+            return self.registry
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
 
     def status_is_stale(self) -> bool:
         return time.monotonic() - self._status_read_at > STATUS_CACHE_SECONDS

@@ -30,8 +30,7 @@ def decode_module(text: str, max_module_bytes: int) -> bytes:
     if len(compact) * 3 // 4 > max_module_bytes + 2:
         raise PayloadTooLarge(f"wasm_module is over the {max_module_bytes} byte limit for a decoded module")
     if not _BASE64_TEXT.fullmatch(compact):
-        bad = next(ch for ch in compact if not (ch.isalnum() and ch.isascii()) and ch not in "+/=")
-        raise InvalidRequest(f"wasm_module is not valid base64: unexpected character {bad!r}")
+        raise InvalidRequest(f"wasm_module is not valid base64: {_base64_problem(compact)}")
     padded = compact + "=" * (-len(compact) % 4)
     try:
         wasm = base64.b64decode(padded, validate=True)
@@ -42,6 +41,13 @@ def decode_module(text: str, max_module_bytes: int) -> bytes:
     if len(wasm) > max_module_bytes:
         raise PayloadTooLarge(f"wasm_module is {len(wasm)} bytes, over the {max_module_bytes} byte limit")
     return wasm
+
+
+def _base64_problem(compact: str) -> str:
+    for position, character in enumerate(compact):
+        if not (character.isascii() and character.isalnum()) and character not in "+/=":
+            return f"unexpected character {character!r} at position {position}"
+    return "'=' padding may only appear at the end"
 
 
 class ModuleValidator:

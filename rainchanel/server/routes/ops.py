@@ -38,7 +38,7 @@ async def metrics(services: Services = Depends(get_services)):
         await _status_counts(services)
     except (DBAPIError, OSError):
         pass  # serve the last known gauge values rather than no metrics at all
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(services.metrics.exposition_registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _status_counts(services: Services) -> dict[str, int]:
