@@ -1,0 +1,123 @@
+"""Measure a worker's own overhead per task and its rate on a trivial task.
+
+Starts a server (temporary directory, SQLite, 127.0.0.1, free port) and one
+worker, publishes TASKS calls of math.wasm's add, and reads the worker's
+JSON task_finished events. Overhead is the time the worker spends on a task
+outside wasm execution: decode + the executor call's overhead + report, with
+the claim request reported separately.
+
+Usage: .venv/bin/python bench/worker_overhead.py [TASKS] [CONCURRENCY]
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rainchanel.client import ApiError, RainChanelClient
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_ping(url: str, timeout_seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    with RainChanelClient(url, timeout=2) as client:
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except ApiError:
+                time.sleep(0.1)
+    raise SystemExit(f"server at {url} did not respond within {timeout_seconds} s")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def main() -> None:
+    task_count = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    concurrency = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    module = (EXAMPLES / "math.wasm").read_bytes()
+
+    with tempfile.TemporaryDirectory(prefix="rainchanel-bench-") as directory:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, JWT_SECRET=secrets.token_urlsafe(48), LOG_LEVEL="warning")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rainchanel.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        worker = None
+        try:
+            wait_for_ping(url)
+            with RainChanelClient(url) as client:
+                client.register("bench-worker", "bench-password")
+                client.register("bench-user", "bench-password")
+                client.login("bench-user", "bench-password")
+
+                # The first task compiles the module; later tasks use the cache.
+                task_ids = [client.publish(module, "add", [i, 1]) for i in range(task_count)]
+                worker_log = Path(directory) / "worker.log"
+                worker_env = dict(
+                    env, RAINCHANEL_SERVER=url, RAINCHANEL_USERNAME="bench-worker", RAINCHANEL_PASSWORD="bench-password",
+                    LOG_FORMAT="json", LOG_LEVEL="info",
+                )
+                with open(worker_log, "wb") as log_file:
+                    worker = subprocess.Popen(
+                        [sys.executable, "-m", "rainchanel.cli", "worker", "--concurrency", str(concurrency)],
+                        env=worker_env, stdout=log_file, stderr=subprocess.STDOUT,
+                    )
+                started = time.monotonic()
+                last_id = task_ids[-1]
+                while client.get_task(last_id)["status"] not in ("completed", "failed"):
+                    time.sleep(0.02)
+                # Earlier tasks may still be finishing on other slots.
+                while any(client.get_task(t)["status"] not in ("completed", "failed") for t in task_ids[-concurrency:]):
+                    time.sleep(0.02)
+                elapsed = time.monotonic() - started
+        finally:
+            if worker is not None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=30)
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+        events = [json.loads(line) for line in worker_log.read_text().splitlines() if line.startswith("{")]
+        finished = [event for event in events if event.get("event") == "task_finished"][1:]
+
+    overhead = [event["duration_ms"] - event["run_ms"] for event in finished]
+    run = [event["run_ms"] for event in finished]
+    report = [event["report_ms"] for event in finished]
+    claim = [event["claim_ms"] for event in finished]
+    decode = [event["decode_ms"] for event in finished]
+    print(f"tasks: {task_count} (math.wasm add, cached module after the first), worker concurrency: {concurrency}")
+    print(f"rate: {task_count / elapsed:.1f} tasks/s over {elapsed:.2f} s, including the worker's start-up")
+    print(f"worker overhead per task, outside wasm (decode + report + bookkeeping): median {statistics.median(overhead):.2f} ms, p95 {percentile(overhead, 0.95):.2f} ms")
+    print(f"  of which report request: median {statistics.median(report):.2f} ms")
+    own = [event["duration_ms"] - event["run_ms"] - event["report_ms"] for event in finished]
+    print(f"  of which the worker's own code (no request, no wasm): median {statistics.median(own):.3f} ms")
+    print(f"  of which decode/cache check: median {statistics.median(decode):.3f} ms")
+    print(f"claim request: median {statistics.median(claim):.2f} ms")
+    print(f"executor.run (instantiate + call): median {statistics.median(run):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

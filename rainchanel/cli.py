@@ -1,0 +1,535 @@
+"""The `rainchanel` command line: server, migrations, worker and client commands."""
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rainchanel import __version__
+from rainchanel.client import DEFAULT_SERVER_URL, ApiError, RainChanelClient
+from rainchanel.config import load_settings
+from rainchanel.errors import RainChanelError
+
+
+class CliError(click.ClickException):
+    """An error printed as one line on stderr with exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="rainchanel")
+def main() -> None:
+    """RainChanel: a distributed task queue that runs WebAssembly modules."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Path of application.yaml (default: ./application.yaml if present).")
+@click.option("--host", help="Interface to listen on (default: server.host, 0.0.0.0).")
+@click.option("--port", type=int, help="TCP port to listen on (default: server.port, 8080).")
+@click.option("--workers", type=int, help="Number of server processes sharing the port (default: server.workers, 1).")
+def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None) -> None:
+    """Apply migrations and run the HTTP server."""
+    from rainchanel.server.runner import run_server
+
+    settings = _load(config_path)
+    if host:
+        settings.server.host = host
+    if port:
+        settings.server.port = port
+    if workers:
+        settings.server.workers = workers
+    _run(run_server, settings)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Path of application.yaml (default: ./application.yaml if present).")
+def migrate(config_path: str | None) -> None:
+    """Apply the database migrations and exit."""
+    from rainchanel.store.migrate import upgrade_database
+
+    settings = _load(config_path)
+    _run(upgrade_database, settings.database.sqlalchemy_url())
+    click.echo("database schema is up to date")
+
+
+# Client-side state
+
+CONFIG_FILE = "config.json"
+DEV_STATE_FILE = "dev.json"
+
+# Delays between polls while waiting for a task or a result.
+POLL_INITIAL_SECONDS = 0.05
+POLL_MAX_SECONDS = 1.0
+
+# Minimum seconds between two progress lines when stderr is not a terminal.
+PROGRESS_LINE_INTERVAL_SECONDS = 2.0
+
+server_option = click.option(
+    "--server", envvar="RAINCHANEL_SERVER", default=DEFAULT_SERVER_URL, show_default=True,
+    help="Base URL of the RainChanel server [env: RAINCHANEL_SERVER].",
+)
+
+
+def config_dir() -> Path:
+    """Return the directory of the CLI's saved login: $RAINCHANEL_CONFIG_DIR or the user config directory."""
+    return Path(os.environ.get("RAINCHANEL_CONFIG_DIR") or click.get_app_dir("rainchanel"))
+
+
+def read_private_json(name: str) -> dict[str, Any]:
+    """Return the object stored in the config directory file `name`, or {} when it does not exist."""
+    path = config_dir() / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path}: {exc}; delete it and log in again") from exc
+
+
+def write_private_json(name: str, data: dict[str, Any]) -> Path:
+    """Write `data` to the config directory file `name`, readable by the user only (mode 0600)."""
+    directory = config_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / name
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(data, file, indent=2)
+        file.write("\n")
+    os.chmod(path, 0o600)  # the mode of os.open applies to new files only
+    return path
+
+
+def save_login(server: str, login: dict[str, Any]) -> Path:
+    return write_private_json(CONFIG_FILE, {
+        "server": server,
+        "token": login["token"],
+        "username": login.get("username"),
+        "expires_at": login.get("expires_at"),
+    })
+
+
+def logged_in_client() -> RainChanelClient:
+    """Return a client for the saved server and token ($RAINCHANEL_SERVER and $RAINCHANEL_TOKEN override them)."""
+    saved = read_private_json(CONFIG_FILE)
+    server = os.environ.get("RAINCHANEL_SERVER") or saved.get("server") or DEFAULT_SERVER_URL
+    token = os.environ.get("RAINCHANEL_TOKEN") or saved.get("token")
+    if not token:
+        raise CliError("not logged in; run: rainchanel login")
+    return RainChanelClient(server, token=token)
+
+
+def api_error(exc: ApiError) -> CliError:
+    """Turn an ApiError into a one-line CLI error with the next step when there is one."""
+    if exc.status == 401 and exc.path not in ("/login", "/register"):
+        return CliError(f"{exc.message}; log in again with: rainchanel login")
+    return CliError(exc.message)
+
+
+# Accounts
+
+@main.command()
+@server_option
+@click.option("--username", envvar="RAINCHANEL_USERNAME", prompt=True, help="Account name [env: RAINCHANEL_USERNAME].")
+@click.option(
+    "--password", envvar="RAINCHANEL_PASSWORD", prompt=True, hide_input=True, confirmation_prompt=True,
+    help="Account password; prompted for when missing [env: RAINCHANEL_PASSWORD].",
+)
+def register(server: str, username: str, password: str) -> None:
+    """Create an account on the server and log in to it."""
+    with RainChanelClient(server) as client:
+        try:
+            client.register(username, password)
+            login_data = client.login(username, password)
+        except ApiError as exc:
+            raise api_error(exc) from exc
+    path = save_login(server, login_data)
+    click.echo(f"registered and logged in as {username} on {server} (token saved in {path})")
+
+
+@main.command()
+@server_option
+@click.option("--username", envvar="RAINCHANEL_USERNAME", prompt=True, help="Account name [env: RAINCHANEL_USERNAME].")
+@click.option(
+    "--password", envvar="RAINCHANEL_PASSWORD", prompt=True, hide_input=True,
+    help="Account password; prompted for when missing [env: RAINCHANEL_PASSWORD].",
+)
+def login(server: str, username: str, password: str) -> None:
+    """Log in and save the server URL and token for the other commands."""
+    with RainChanelClient(server) as client:
+        try:
+            login_data = client.login(username, password)
+        except ApiError as exc:
+            raise api_error(exc) from exc
+    path = save_login(server, login_data)
+    click.echo(f"logged in as {username} on {server} (token saved in {path})")
+
+
+# Tasks
+
+@main.command()
+@click.argument("module_path", metavar="MODULE.wasm", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("func")
+@click.argument("args", nargs=-1)
+@click.option("--stdin", "stdin_file", type=click.File("r"), help="File whose text is the program's standard input (WASI).")
+@click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment variable for the program (WASI); repeatable.")
+@click.option("--timeout", "timeout_seconds", type=click.IntRange(min=1), help="Seconds one attempt may run (default: the server's).")
+@click.option("--retries", "max_retries", type=click.IntRange(min=0), help="Retries after a failed attempt (default: the server's).")
+@click.option("--wait", is_flag=True, help="Wait until the task finishes and print its result as JSON.")
+def submit(
+    module_path: Path, func: str, args: tuple[str, ...], stdin_file, env_pairs: tuple[str, ...],
+    timeout_seconds: int | None, max_retries: int | None, wait: bool,
+) -> None:
+    """Publish a task calling FUNC of MODULE.wasm; print its id or, with --wait, its result.
+
+    ARGS are converted to the types of FUNC's parameters, read from the
+    module: "7" for an i32 is 7, "1.5" for an f64 is 1.5. For a WASI
+    command's _start, ARGS are the program's argv strings.
+    Use -- before negative numbers, as in: submit math.wasm add -- -2 3.
+    """
+    module = module_path.read_bytes()
+    typed_args = type_arguments(module, func, args)
+    env = parse_env(env_pairs)
+    stdin = stdin_file.read() if stdin_file is not None else None
+
+    with logged_in_client() as client:
+        try:
+            task_id = client.publish(
+                module, func, typed_args, timeout_seconds=timeout_seconds, max_retries=max_retries, stdin=stdin, env=env,
+            )
+            if not wait:
+                click.echo(task_id)
+                return
+            task = wait_for_task(client, task_id)
+        except ApiError as exc:
+            raise api_error(exc) from exc
+
+    if task["status"] == "failed":
+        raise CliError(f"task {task_id} failed after {task.get('attempts')} attempt(s): {task.get('last_error')}")
+    click.echo(json.dumps(task.get("result")))
+
+
+def type_arguments(module: bytes, func: str, args: tuple[str, ...]) -> list[Any]:
+    """Convert command-line strings to the JSON values FUNC's signature takes.
+
+    Raises CliError for an invalid module, an unknown function or an argument
+    that does not fit its parameter type.
+    """
+    from rainchanel.wasm.inspect import WASI_COMMAND_ENTRY, check_call, inspect_module, new_validation_engine
+
+    try:
+        info = inspect_module(new_validation_engine(), module)
+        signature = info.functions.get(func)
+        if signature is None or (func == WASI_COMMAND_ENTRY and info.is_wasi):
+            return check_call(info, func, list(args))
+        typed = [parse_wasm_value(index, wasm_type, text) for index, (wasm_type, text) in enumerate(zip(signature.params, args))]
+        typed.extend(args[len(signature.params):])
+        return check_call(info, func, typed)
+    except RainChanelError as exc:
+        raise CliError(exc.message) from exc
+
+
+def parse_wasm_value(index: int, wasm_type: str, text: str) -> Any:
+    """Parse one command-line argument as a value of a wasm numeric type."""
+    if wasm_type in ("i32", "i64"):
+        try:
+            return int(text, 10)
+        except ValueError:
+            raise CliError(f"invalid argument {index}: {text!r} is not an integer, and the parameter is {wasm_type}") from None
+    if wasm_type in ("f32", "f64"):
+        if text.lower() in ("nan", "inf", "-inf"):
+            return text.lower()
+        try:
+            return float(text)
+        except ValueError:
+            raise CliError(f"invalid argument {index}: {text!r} is not a number, and the parameter is {wasm_type}") from None
+    # Parameter types without a JSON form are rejected by check_call.
+    return text
+
+
+def parse_env(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    env = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise CliError(f"invalid --env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env or None
+
+
+def wait_for_task(client: RainChanelClient, task_id: int) -> dict[str, Any]:
+    """Poll the task until it is completed or failed and return its final state."""
+    delay = POLL_INITIAL_SECONDS
+    while True:
+        task = client.get_task(task_id)
+        if task["status"] in ("completed", "failed"):
+            return task
+        time.sleep(delay)
+        delay = min(delay * 2, POLL_MAX_SECONDS)
+
+
+@main.command()
+@click.argument("task_id", type=int)
+def status(task_id: int) -> None:
+    """Print the state of one of your tasks as JSON."""
+    with logged_in_client() as client:
+        try:
+            task = client.get_task(task_id)
+        except ApiError as exc:
+            raise api_error(exc) from exc
+    click.echo(json.dumps(task))
+
+
+@main.command()
+@click.option("--wait", is_flag=True, help="Wait until COUNT results have been delivered (COUNT defaults to 1).")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many results.")
+def results(wait: bool, count: int | None) -> None:
+    """Print your undelivered results as JSON lines, oldest first.
+
+    The server delivers each result once: a printed result is not printed by
+    a later call. Without --wait, the command exits when none is left.
+    """
+    if wait and count is None:
+        count = 1
+    progress = Progress(count) if wait and count > 1 else None
+    delivered = 0
+    delay = POLL_INITIAL_SECONDS
+    with logged_in_client() as client:
+        while count is None or delivered < count:
+            try:
+                result = client.next_result()
+            except ApiError as exc:
+                raise api_error(exc) from exc
+            if result is None:
+                if not wait:
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, POLL_MAX_SECONDS)
+                continue
+            delay = POLL_INITIAL_SECONDS
+            delivered += 1
+            click.echo(json.dumps(result))
+            if progress:
+                progress.update(delivered)
+    if progress:
+        progress.finish()
+
+
+class Progress:
+    """Progress of a wait on stderr: one updated line on a terminal, else a line every few seconds."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.is_terminal = sys.stderr.isatty()
+        self.last_line_at = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if self.is_terminal:
+            click.echo(f"\r{done}/{self.total} results delivered", err=True, nl=False)
+        elif now - self.last_line_at >= PROGRESS_LINE_INTERVAL_SECONDS or done == self.total:
+            click.echo(f"{done}/{self.total} results delivered", err=True)
+            self.last_line_at = now
+
+    def finish(self) -> None:
+        if self.is_terminal:
+            click.echo("", err=True)
+
+
+# Worker
+
+@main.command()
+@server_option
+@click.option("--username", envvar="RAINCHANEL_USERNAME", required=True, help="Worker account name [env: RAINCHANEL_USERNAME].")
+@click.option("--password", envvar="RAINCHANEL_PASSWORD", required=True, help="Worker account password [env: RAINCHANEL_PASSWORD].")
+@click.option(
+    "--concurrency", envvar="RAINCHANEL_CONCURRENCY", type=click.IntRange(min=1, max=1024), default=os.cpu_count() or 1,
+    show_default="number of CPUs", help="Tasks run in parallel [env: RAINCHANEL_CONCURRENCY].",
+)
+@click.option("--memory-limit-mib", type=click.IntRange(min=1, max=4095), default=256, show_default=True, help="Maximum linear memory of one task, in MiB.")
+@click.option("--fuel", type=click.IntRange(min=1), help="Maximum wasm instructions (fuel units) of one task; no limit by default.")
+@click.option("--grace-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds running tasks may take to finish after SIGTERM or SIGINT.")
+def worker(
+    server: str, username: str, password: str, concurrency: int, memory_limit_mib: int, fuel: int | None, grace_seconds: float,
+) -> None:
+    """Claim tasks from the server and run them until SIGTERM or SIGINT.
+
+    Logs go to stderr; LOG_FORMAT (console or json) and LOG_LEVEL (debug,
+    info, warning, error) select their format and level.
+    """
+    from rainchanel.logs import configure_logging
+    from rainchanel.worker import Worker, WorkerSettings
+
+    try:
+        configure_logging(os.environ.get("LOG_FORMAT") or "console", os.environ.get("LOG_LEVEL") or "info")
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    settings = WorkerSettings(
+        server_url=server, username=username, password=password, concurrency=concurrency,
+        memory_limit_mib=memory_limit_mib, fuel=fuel, grace_seconds=grace_seconds,
+    )
+    try:
+        Worker(settings).run()
+    except ApiError as exc:
+        raise CliError(f"worker cannot start: {exc.message}") from exc
+
+
+# Local development
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="TCP port of the local server.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="number of CPUs", help="Tasks the local worker runs in parallel.")
+def dev(port: int, concurrency: int) -> None:
+    """Run a local server and worker, and log the CLI in to them.
+
+    The server keeps its SQLite database in the current directory and listens
+    on 127.0.0.1 only. The worker and CLI accounts, their random passwords and
+    the JWT secret (unless JWT_SECRET is set) are kept in the config
+    directory. Ctrl-C stops the worker, then the server.
+    """
+    state = load_dev_state()
+    server_url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, JWT_SECRET=os.environ.get("JWT_SECRET") or state["jwt_secret"])
+    env.pop("RAINCHANEL_PASSWORD", None)
+
+    processes: list[subprocess.Popen] = []
+    try:
+        server_process = start_child(["serve", "--host", "127.0.0.1", "--port", str(port)], env)
+        processes.append(server_process)
+        wait_for_server(server_url, server_process)
+        ensure_account(server_url, state["worker_username"], state["worker_password"])
+        ensure_account(server_url, state["cli_username"], state["cli_password"])
+        with RainChanelClient(server_url) as client:
+            save_login(server_url, client.login(state["cli_username"], state["cli_password"]))
+
+        worker_env = dict(
+            env, RAINCHANEL_SERVER=server_url, RAINCHANEL_USERNAME=state["worker_username"],
+            RAINCHANEL_PASSWORD=state["worker_password"],
+        )
+        processes.insert(0, start_child(["worker", "--concurrency", str(concurrency)], worker_env))
+        click.echo(f"RainChanel is running on {server_url} with one worker; the CLI is logged in as {state['cli_username']}.")
+        click.echo("Try: rainchanel submit examples/math.wasm add 2 3 --wait")
+        click.echo("Press Ctrl-C to stop.")
+        wait_for_exit(processes)
+    except ApiError as exc:
+        raise api_error(exc) from exc
+    finally:
+        stop_children(processes)
+
+
+def load_dev_state() -> dict[str, str]:
+    """Return the local accounts and JWT secret of `rainchanel dev`, creating and saving them once."""
+    state = read_private_json(DEV_STATE_FILE)
+    defaults = {
+        "jwt_secret": lambda: secrets.token_urlsafe(48),
+        "worker_username": lambda: "dev-worker",
+        "worker_password": lambda: secrets.token_urlsafe(24),
+        "cli_username": lambda: "dev",
+        "cli_password": lambda: secrets.token_urlsafe(24),
+    }
+    missing = [key for key in defaults if not state.get(key)]
+    for key in missing:
+        state[key] = defaults[key]()
+    if missing:
+        write_private_json(DEV_STATE_FILE, state)
+    return state
+
+
+def start_child(arguments: list[str], env: dict[str, str]) -> subprocess.Popen:
+    # A new session keeps the terminal's Ctrl-C away from the child, so this
+    # process alone decides the order in which they stop.
+    return subprocess.Popen([sys.executable, "-m", "rainchanel.cli", *arguments], env=env, start_new_session=True)
+
+
+def wait_for_server(server_url: str, process: subprocess.Popen, timeout_seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    with RainChanelClient(server_url, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise CliError(f"the server exited with status {process.returncode} during start-up; see its log above")
+            try:
+                client.ping()
+                return
+            except ApiError:
+                time.sleep(0.2)
+    raise CliError(f"the server did not respond on {server_url} within {timeout_seconds:.0f} seconds")
+
+
+def ensure_account(server_url: str, username: str, password: str) -> None:
+    """Register the account, or check that the existing one takes this password."""
+    with RainChanelClient(server_url) as client:
+        try:
+            client.register(username, password)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        try:
+            client.login(username, password)
+        except ApiError as exc:
+            if exc.status == 401:
+                raise CliError(
+                    f"account {username!r} exists in this database with another password; "
+                    f"delete {config_dir() / DEV_STATE_FILE} and the database, or use another directory"
+                ) from exc
+            raise
+
+
+def wait_for_exit(processes: list[subprocess.Popen]) -> None:
+    """Block until Ctrl-C or SIGTERM, or until a child exits on its own (then raise CliError)."""
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        while not stop_requested:
+            for process in processes:
+                if process.poll() is not None:
+                    name = "worker" if "worker" in process.args else "server"
+                    raise CliError(f"the {name} exited with status {process.returncode}; stopping")
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_children(processes: list[subprocess.Popen], timeout_seconds: float = 15.0) -> None:
+    """Send SIGTERM to each child in order and wait for it; kill one that does not exit in time."""
+    for process in processes:
+        if process.poll() is not None:
+            continue
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _load(config_path: str | None):
+    try:
+        return load_settings(config_path)
+    except RainChanelError as exc:
+        raise CliError(exc.message) from exc
+
+
+def _run(function, *args):
+    try:
+        return function(*args)
+    except RainChanelError as exc:
+        raise CliError(exc.message) from exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
