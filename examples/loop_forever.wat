@@ -1,0 +1,5 @@
+;; spin() never returns, so only a timeout, fuel or an interrupt stops it.
+(module
+  (func (export "spin")
+    (loop $again
+      br $again)))

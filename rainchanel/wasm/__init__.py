@@ -1,0 +1,1 @@
+"""WebAssembly inspection, value conversion and sandboxed execution."""
