@@ -57,7 +57,7 @@ async def report_failure(client, worker, task: dict, error_msg="boom", **fields)
 
 
 async def deliver(client, owner) -> dict | None:
-    """Collect one result with GET /results, or None when none is waiting."""
+    """Deliver one result with GET /results, or return None when none is waiting."""
     response = await client.get("/results", headers=owner["headers"])
     if response.status_code == 404:
         return None
