@@ -9,11 +9,10 @@ import base64
 import binascii
 import hashlib
 import re
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from threading import Lock
 
 from rainchanel.errors import InvalidModule, InvalidRequest, PayloadTooLarge
+from rainchanel.wasm.cache import ModuleCache
 from rainchanel.wasm.inspect import ModuleInfo, inspect_module, new_validation_engine
 
 # Standard base64 alphabet; white space is removed before this check.
@@ -56,18 +55,17 @@ class ModuleValidator:
     def __init__(self, threads: int = VALIDATION_THREADS, cache_entries: int = CACHE_ENTRIES) -> None:
         self._engine = new_validation_engine()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="validate")
-        self._cache: OrderedDict[str, ModuleInfo | InvalidModule] = OrderedDict()
-        self._cache_entries = cache_entries
-        self._lock = Lock()
+        # Invalid modules are cached too, so a client retrying a bad module
+        # does not compile it again.
+        self._cache: ModuleCache[ModuleInfo | InvalidModule] = ModuleCache(cache_entries)
 
     async def validate(self, wasm: bytes, sha256: str | None = None) -> tuple[str, ModuleInfo]:
         """Return the module's hash and info; raise InvalidModule with the validator's reason."""
         sha256 = sha256 or hashlib.sha256(wasm).hexdigest()
-        cached = self._cached(sha256)
+        cached = self._cache.get(sha256)
         if cached is None:
             loop = asyncio.get_running_loop()
-            cached = await loop.run_in_executor(self._pool, self._inspect, wasm)
-            self._remember(sha256, cached)
+            cached = self._cache.put(sha256, await loop.run_in_executor(self._pool, self._inspect, wasm))
         if isinstance(cached, InvalidModule):
             raise InvalidModule(cached.message)
         return sha256, cached
@@ -77,19 +75,6 @@ class ModuleValidator:
             return inspect_module(self._engine, wasm)
         except InvalidModule as exc:
             return exc
-
-    def _cached(self, sha256: str) -> ModuleInfo | InvalidModule | None:
-        with self._lock:
-            entry = self._cache.get(sha256)
-            if entry is not None:
-                self._cache.move_to_end(sha256)
-            return entry
-
-    def _remember(self, sha256: str, entry: ModuleInfo | InvalidModule) -> None:
-        with self._lock:
-            self._cache[sha256] = entry
-            if len(self._cache) > self._cache_entries:
-                self._cache.popitem(last=False)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
