@@ -40,7 +40,7 @@ class AccountStore:
             raise Conflict(f"username {username!r} is already taken; choose another one") from exc
 
     async def find_user(self, username: str) -> User | None:
-        async with self.db.engine.connect() as connection:
+        async with self.db.reading() as connection:
             row = (
                 await connection.execute(
                     select(users.c.id, users.c.username, users.c.password_hash).where(users.c.username == username)

@@ -24,6 +24,8 @@ MYSQL_LOCK_WAIT_TIMEOUT = 1205
 RETRYABLE_MYSQL_ERRORS = {MYSQL_DEADLOCK, MYSQL_LOCK_WAIT_TIMEOUT}
 MAX_TRANSACTION_ATTEMPTS = 8
 SQLITE_BUSY_TIMEOUT_MILLISECONDS = 30_000
+# Execution option marking a connection that only reads.
+READ_ONLY_OPTION = "rainchanel_read_only"
 
 
 class now_us(FunctionElement):
@@ -87,6 +89,13 @@ class Database:
             async with self.engine.begin() as connection:
                 yield connection
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """Open a connection for reads only; on SQLite it does not take the write lock."""
+        async with self.engine.connect() as connection:
+            await connection.execution_options(**{READ_ONLY_OPTION: True})
+            yield connection
+
     async def run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run operation in a transaction, again after a deadlock or a dropped connection."""
         for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
@@ -103,7 +112,7 @@ class Database:
     async def ping(self) -> None:
         """Raise ServiceUnavailable unless a trivial query succeeds."""
         try:
-            async with self.engine.connect() as connection:
+            async with self.reading() as connection:
                 await connection.exec_driver_sql("SELECT 1")
         except (DBAPIError, OSError) as exc:
             raise ServiceUnavailable(f"database unreachable: {_error_summary(exc)}") from exc
@@ -142,6 +151,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection):
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN")
+            return
         # Taking the write lock up front means a transaction never has to
         # upgrade a read lock, which is where SQLite deadlocks writers.
         connection.exec_driver_sql("BEGIN IMMEDIATE")

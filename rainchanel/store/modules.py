@@ -71,7 +71,7 @@ class ModuleStore:
     async def exists(self, sha256: str) -> bool:
         if self.cache.get(sha256) is not None:
             return True
-        async with self.db.engine.connect() as connection:
+        async with self.db.reading() as connection:
             found = await connection.scalar(select(modules.c.size_bytes).where(modules.c.sha256 == sha256))
         return found is not None
 
@@ -92,6 +92,6 @@ class ModuleStore:
         return found
 
     async def load(self, sha256: str) -> bytes | None:
-        async with self.db.engine.connect() as connection:
+        async with self.db.reading() as connection:
             entry = (await self.load_many(connection, {sha256})).get(sha256)
         return entry[0] if entry else None

@@ -554,7 +554,7 @@ class TaskQueue:
     # --- reading -------------------------------------------------------------
 
     async def get_task(self, task_id: int, owner_id: int) -> TaskRecord:
-        async with self.db.engine.connect() as connection:
+        async with self.db.reading() as connection:
             records = await self._load_records(connection, [task_id])
         record = records.get(task_id)
         if record is None or record.owner_id != owner_id:
@@ -584,7 +584,7 @@ class TaskQueue:
         return {row.id: _record(row) for row in rows}
 
     async def count_by_status(self) -> dict[str, int]:
-        async with self.db.engine.connect() as connection:
+        async with self.db.reading() as connection:
             rows = await connection.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
             counts = {status.value: 0 for status in ALL_STATUSES}
             for status, count in rows:
