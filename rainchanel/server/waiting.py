@@ -38,12 +38,25 @@ async def _wait(event: asyncio.Event, timeout_seconds: float) -> None:
         pass
 
 
-async def fetch_or_wait(fetch: Callable[[], Awaitable[list[T]]], signal: Signal, wait_seconds: float) -> list[T]:
-    """Call fetch until it returns something or wait_seconds pass."""
+async def fetch_or_wait(
+    fetch: Callable[[], Awaitable[list[T]]],
+    signal: Signal,
+    wait_seconds: float,
+    disconnected: Callable[[], Awaitable[bool]],
+) -> list[T]:
+    """Call fetch until it returns something, wait_seconds pass or the client goes away.
+
+    The caller must still check disconnected() after a fetch that returned
+    something, and undo it, because the client can leave during the fetch.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
     poll_seconds = FIRST_POLL_SECONDS
+    first = True
     while True:
+        if not first and await disconnected():
+            return []
+        first = False
         # Taken before the fetch, so a notify() that lands between an empty
         # fetch and the wait below still wakes this request.
         event = signal.current()

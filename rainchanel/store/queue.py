@@ -92,6 +92,8 @@ class TaskRecord:
     created_at: int
     updated_at: int
     finished_at: int | None
+    # Position in the delivery sequence, set on records from deliver_results.
+    delivery_seq: int | None = None
 
 
 @dataclass
@@ -547,9 +549,23 @@ class TaskQueue:
                 delete(undelivered_results).where(undelivered_results.c.seq.in_([row.seq for row in pending]))
             )
             records = await self._load_records(connection, [row.task_id for row in pending])
-            return [records[row.task_id] for row in pending if row.task_id in records]
+            delivered = []
+            for row in pending:
+                if row.task_id in records:
+                    records[row.task_id].delivery_seq = row.seq
+                    delivered.append(records[row.task_id])
+            return delivered
 
         return await self.db.run(operation)
+
+    async def undeliver(self, records: list[TaskRecord]) -> None:
+        """Queue delivered records again at their old places, for a response that could not be sent."""
+        rows = [{"seq": r.delivery_seq, "owner_id": r.owner_id, "task_id": r.id} for r in records]
+
+        async def operation(connection: AsyncConnection) -> None:
+            await connection.execute(insert(undelivered_results), rows)
+
+        await self.db.run(operation)
 
     # --- reading -------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import orjson
 import structlog
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
 
 from rainchanel.errors import InvalidRequest, NotFound, PayloadTooLarge, RainChanelError
 from rainchanel.server.auth import Principal
@@ -117,14 +117,23 @@ def _merge_answers(items: list, answers: list, refused: dict[int, RainChanelErro
 
 @router.get("/results")
 async def get_results(
+    request: Request,
     max: int | None = Query(default=None, ge=1, le=MAX_DELIVERY_BATCH, description="deliver up to this many results"),
     wait: float = Query(default=0, ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait for a result"),
     principal: Principal = Depends(current_principal),
     services: Services = Depends(get_services),
 ):
     records = await fetch_or_wait(
-        lambda: services.queue.deliver_results(principal.user_id, max or 1), services.result_signal, wait
+        lambda: services.queue.deliver_results(principal.user_id, max or 1),
+        services.result_signal,
+        wait,
+        request.is_disconnected,
     )
+    if records and wait and await request.is_disconnected():
+        # The client left during the delivery; keep the results for its next request.
+        await services.queue.undeliver(records)
+        log.info("delivery_abandoned", owner=principal.user_id, task_ids=[record.id for record in records])
+        return ok({"results": []})
     for record in records:
         log.info("result_delivered", task_id=record.id, owner=record.owner_id, status=record.status.value)
     if not records:

@@ -1,7 +1,7 @@
 """Publishing, claiming and leasing tasks: /tasks and /tasks/{id}/..."""
 
 import structlog
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from rainchanel.errors import InvalidRequest, NotFound, RainChanelError
 from rainchanel.server.auth import Principal
@@ -116,6 +116,7 @@ def _record_published(services: Services, task_ids: list[int], principal: Princi
 
 @router.get("/tasks")
 async def claim(
+    request: Request,
     max: int | None = Query(default=None, ge=1, le=MAX_CLAIM_BATCH, description="claim up to this many tasks"),
     inline_module: bool = Query(default=True, description="include the module bytes as base64"),
     wait: float = Query(default=0, ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait for a task"),
@@ -123,8 +124,18 @@ async def claim(
     services: Services = Depends(get_services),
 ):
     claimed = await fetch_or_wait(
-        lambda: services.queue.claim(principal.user_id, max or 1), services.task_signal, wait
+        lambda: services.queue.claim(principal.user_id, max or 1),
+        services.task_signal,
+        wait,
+        request.is_disconnected,
     )
+    if claimed and wait and await request.is_disconnected():
+        # The long poll's client left while its claim ran; hand the tasks
+        # back rather than leave them leased to nobody until they expire.
+        for task in claimed:
+            await services.queue.release(task.id, principal.user_id, task.lease_token)
+        log.info("claim_abandoned", worker=principal.user_id, task_ids=[task.id for task in claimed])
+        return ok({"tasks": []})
     for task in claimed:
         _record_claimed(services, task, principal)
 
