@@ -3,10 +3,13 @@
 Starts a server (temporary directory, SQLite, 127.0.0.1, free port) and one
 worker, publishes TASKS calls of math.wasm's add, and reads the worker's
 JSON task_finished events. Overhead is the time the worker spends on a task
-outside wasm execution: decode + the executor call's overhead + report, with
-the claim request reported separately.
+outside wasm execution: module decode or download + the executor call's
+overhead + report, with the claim request reported separately. With batch
+reports, "report" is the time from handing the outcome to the reporter until
+the server accepted it, so it overlaps with later tasks.
 
-Usage: .venv/bin/python bench/worker_overhead.py [TASKS] [CONCURRENCY]
+Usage: .venv/bin/python bench/worker_overhead.py [TASKS] [CONCURRENCY] [WORKER OPTION...]
+for example: bench/worker_overhead.py 1000 4 --legacy-routes
 """
 
 import json
@@ -52,6 +55,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def main() -> None:
     task_count = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     concurrency = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    worker_options = sys.argv[3:]
     module = (EXAMPLES / "math.wasm").read_bytes()
 
     with tempfile.TemporaryDirectory(prefix="rainchanel-bench-") as directory:
@@ -79,7 +83,7 @@ def main() -> None:
                 )
                 with open(worker_log, "wb") as log_file:
                     worker = subprocess.Popen(
-                        [sys.executable, "-m", "rainchanel.cli", "worker", "--concurrency", str(concurrency)],
+                        [sys.executable, "-m", "rainchanel.cli", "worker", "--concurrency", str(concurrency), *worker_options],
                         env=worker_env, stdout=log_file, stderr=subprocess.STDOUT,
                     )
                 started = time.monotonic()
@@ -107,14 +111,14 @@ def main() -> None:
     run = [event["run_ms"] for event in finished]
     report = [event["report_ms"] for event in finished]
     claim = [event["claim_ms"] for event in finished]
-    decode = [event["decode_ms"] for event in finished]
-    print(f"tasks: {task_count} (math.wasm add, cached module after the first), worker concurrency: {concurrency}")
+    module_times = [event["module_ms"] for event in finished]
+    print(f"tasks: {task_count} (math.wasm add, cached module after the first), worker concurrency: {concurrency}, options: {' '.join(worker_options) or 'none'}")
     print(f"rate: {task_count / elapsed:.1f} tasks/s over {elapsed:.2f} s, including the worker's start-up")
     print(f"worker overhead per task, outside wasm (decode + report + bookkeeping): median {statistics.median(overhead):.2f} ms, p95 {percentile(overhead, 0.95):.2f} ms")
     print(f"  of which report request: median {statistics.median(report):.2f} ms")
     own = [event["duration_ms"] - event["run_ms"] - event["report_ms"] for event in finished]
     print(f"  of which the worker's own code (no request, no wasm): median {statistics.median(own):.3f} ms")
-    print(f"  of which decode/cache check: median {statistics.median(decode):.3f} ms")
+    print(f"  of which module decode/download/cache check: median {statistics.median(module_times):.3f} ms")
     print(f"claim request: median {statistics.median(claim):.2f} ms")
     print(f"executor.run (instantiate + call): median {statistics.median(run):.2f} ms")
 

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from rainchanel import __version__
-from rainchanel.client import DEFAULT_SERVER_URL, ApiError, RainChanelClient
+from rainchanel.client import DEFAULT_SERVER_URL, MAX_FETCH_BATCH, MAX_WAIT_SECONDS, ApiError, RainChanelClient
 from rainchanel.config import load_settings
 from rainchanel.errors import RainChanelError
 
@@ -69,6 +69,9 @@ DEV_STATE_FILE = "dev.json"
 # Delays between polls while waiting for a task or a result.
 POLL_INITIAL_SECONDS = 0.05
 POLL_MAX_SECONDS = 1.0
+
+# Seconds the server may hold one GET /results of `results --wait`.
+RESULTS_WAIT_SECONDS = 20.0
 
 # Minimum seconds between two progress lines when stderr is not a terminal.
 PROGRESS_LINE_INTERVAL_SECONDS = 2.0
@@ -202,8 +205,10 @@ def submit(
 
     with logged_in_client() as client:
         try:
+            module_ref = upload_module(client, module)
             task_id = client.publish(
-                module, func, typed_args, timeout_seconds=timeout_seconds, max_retries=max_retries, stdin=stdin, env=env,
+                None if module_ref else module, func, typed_args, module_ref=module_ref,
+                timeout_seconds=timeout_seconds, max_retries=max_retries, stdin=stdin, env=env,
             )
             if not wait:
                 click.echo(task_id)
@@ -215,6 +220,19 @@ def submit(
     if task["status"] == "failed":
         raise CliError(f"task {task_id} failed after {task.get('attempts')} attempt(s): {task.get('last_error')}")
     click.echo(json.dumps(task.get("result")))
+
+
+def upload_module(client: RainChanelClient, module: bytes) -> str | None:
+    """Upload the module once and return its reference, or None when the server has no /modules route.
+
+    A server without the route answers 404 or 405; the task then carries the module inline.
+    """
+    try:
+        return client.upload_module(module)
+    except ApiError as exc:
+        if exc.status in (404, 405):
+            return None
+        raise
 
 
 def type_arguments(module: bytes, func: str, args: tuple[str, ...]) -> list[Any]:
@@ -302,23 +320,30 @@ def results(wait: bool, count: int | None) -> None:
     progress = Progress(count) if wait and count > 1 else None
     delivered = 0
     delay = POLL_INITIAL_SECONDS
+    wait_seconds = RESULTS_WAIT_SECONDS if wait else 0
     with logged_in_client() as client:
         while count is None or delivered < count:
+            batch_size = MAX_FETCH_BATCH if count is None else min(MAX_FETCH_BATCH, count - delivered)
+            requested_at = time.monotonic()
             try:
-                result = client.next_result()
+                batch = client.next_results(batch_size, wait=wait_seconds)
             except ApiError as exc:
                 raise api_error(exc) from exc
-            if result is None:
+            if not batch:
                 if not wait:
                     break
-                time.sleep(delay)
-                delay = min(delay * 2, POLL_MAX_SECONDS)
+                # An empty answer well before the wait is over means the server
+                # does not hold requests, so poll with backoff instead.
+                if time.monotonic() - requested_at < wait_seconds / 2:
+                    time.sleep(delay)
+                    delay = min(delay * 2, POLL_MAX_SECONDS)
                 continue
             delay = POLL_INITIAL_SECONDS
-            delivered += 1
-            click.echo(json.dumps(result))
-            if progress:
-                progress.update(delivered)
+            for result in batch:
+                delivered += 1
+                click.echo(json.dumps(result))
+                if progress:
+                    progress.update(delivered)
     if progress:
         progress.finish()
 
@@ -357,10 +382,24 @@ class Progress:
 @click.option("--memory-limit-mib", type=click.IntRange(min=1, max=4095), default=256, show_default=True, help="Maximum linear memory of one task, in MiB.")
 @click.option("--fuel", type=click.IntRange(min=1), help="Maximum wasm instructions (fuel units) of one task; no limit by default.")
 @click.option("--grace-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds running tasks may take to finish after SIGTERM or SIGINT.")
+@click.option(
+    "--claim-wait-seconds", type=click.FloatRange(min=0.1, max=MAX_WAIT_SECONDS), default=5.0, show_default=True,
+    help="Seconds the server may hold a claim while no task is available (long polling); "
+    "an idle worker takes up to this long to stop.",
+)
+@click.option(
+    "--legacy-routes", is_flag=True,
+    help="Use only the original single-task routes: one task per claim with the module inline, "
+    "one outcome per report, polling with backoff. For servers without long polling and batches.",
+)
 def worker(
-    server: str, username: str, password: str, concurrency: int, memory_limit_mib: int, fuel: int | None, grace_seconds: float,
+    server: str, username: str, password: str, concurrency: int, memory_limit_mib: int, fuel: int | None,
+    grace_seconds: float, claim_wait_seconds: float, legacy_routes: bool,
 ) -> None:
     """Claim tasks from the server and run them until SIGTERM or SIGINT.
+
+    By default the worker long-polls for batches of tasks, downloads each
+    module once by its SHA-256 and reports outcomes in batches.
 
     Logs go to stderr; LOG_FORMAT (console or json) and LOG_LEVEL (debug,
     info, warning, error) select their format and level.
@@ -375,6 +414,7 @@ def worker(
     settings = WorkerSettings(
         server_url=server, username=username, password=password, concurrency=concurrency,
         memory_limit_mib=memory_limit_mib, fuel=fuel, grace_seconds=grace_seconds,
+        claim_wait_seconds=claim_wait_seconds, legacy_routes=legacy_routes,
     )
     try:
         Worker(settings).run()

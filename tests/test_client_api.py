@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from rainchanel.client import ApiError, RainChanelClient
+from rainchanel.client import ApiError, RainChanelClient, TaskRequest
 from rainchanel.errors import RainChanelError
 
 
@@ -203,3 +203,205 @@ def test_api_error_str_names_request():
 
     assert str(exc) == "POST /results failed (HTTP 409): lease is not current"
     assert exc.status_code == 409
+
+
+def test_client_claim_batch_sends_parameters():
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return envelope({"tasks": [{"id": 1}, {"id": 2}]})
+
+    tasks = make_client(handler).claim(max=5, wait=2.5, inline_module=False)
+
+    assert tasks == [{"id": 1}, {"id": 2}]
+    assert dict(seen[0].url.params) == {"max": "5", "wait": "2.5", "inline_module": "false"}
+
+
+def test_client_claim_batch_empty_on_404():
+    def handler(request):
+        return error(404, "no task available")
+
+    assert make_client(handler).claim(max=3) == []
+
+
+def test_client_claim_batch_accepts_single_form():
+    def handler(request):
+        return envelope({"task": {"id": 4}})
+
+    assert make_client(handler).claim(max=3) == [{"id": 4}]
+
+
+def test_client_claim_without_options_sends_no_parameters():
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return envelope({"task": {"id": 4}})
+
+    make_client(handler).claim()
+
+    assert seen[0].url.query == b""
+
+
+def test_client_long_poll_extends_read_timeout():
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return error(404, "no task available")
+
+    client = RainChanelClient("http://rainchanel.test", token="t", timeout=10, transport=httpx.MockTransport(handler))
+    client.claim(max=1, wait=20)
+    client.next_result()
+
+    assert seen[0].extensions["timeout"]["read"] == 30
+    assert seen[1].extensions["timeout"]["read"] == 10
+
+
+@pytest.mark.parametrize("wait", [-1, 31])
+def test_client_rejects_invalid_wait(wait):
+    client = make_client(lambda request: envelope({}))
+
+    with pytest.raises(ValueError, match="wait="):
+        client.claim(wait=wait)
+
+
+def test_client_publish_many_returns_ids():
+    bodies = []
+
+    def handler(request):
+        bodies.append(json.loads(request.content))
+        return envelope({"task_ids": [5, 6]})
+
+    ids = make_client(handler).publish_many([
+        TaskRequest("add", [1, 2], module_ref="ab" * 32, priority=3),
+        TaskRequest("add", [3, 4], module=b"\0asm", delay_seconds=1.5),
+    ])
+
+    assert ids == [5, 6]
+    first, second = bodies[0]["tasks"]
+    assert first == {"func": "add", "args": [1, 2], "module": "sha256:" + "ab" * 32, "priority": 3}
+    assert base64.b64decode(second["wasm_module"]) == b"\0asm"
+    assert second["delay_seconds"] == 1.5
+
+
+def test_client_publish_by_reference():
+    bodies = []
+
+    def handler(request):
+        bodies.append(json.loads(request.content))
+        return envelope({"task_id": 8})
+
+    make_client(handler).publish(None, "add", [1, 2], module_ref="sha256:" + "cd" * 32, priority=-1)
+
+    assert bodies[0]["task"] == {"func": "add", "args": [1, 2], "module": "sha256:" + "cd" * 32, "priority": -1}
+
+
+def test_client_publish_needs_one_module_form():
+    client = make_client(lambda request: envelope({"task_id": 1}))
+
+    with pytest.raises(ValueError, match="either module"):
+        client.publish(None, "add")
+    with pytest.raises(ValueError, match="either module"):
+        client.publish(b"\0asm", "add", module_ref="sha256:" + "ab" * 32)
+
+
+def test_client_upload_module_sends_raw_bytes():
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return envelope({"sha256": "ab" * 32, "module": "sha256:" + "ab" * 32, "size_bytes": 4, "functions": ["add"]})
+
+    reference = make_client(handler).upload_module(b"\0asm")
+
+    assert reference == "sha256:" + "ab" * 32
+    assert seen[0].url.path == "/modules"
+    assert seen[0].headers["content-type"] == "application/wasm"
+    assert seen[0].content == b"\0asm"
+
+
+def test_client_download_module_returns_bytes():
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return httpx.Response(200, content=b"\0asm\1\0\0\0", headers={"content-type": "application/wasm"})
+
+    module = make_client(handler).download_module("sha256:" + "AB" * 32)
+
+    assert module == b"\0asm\1\0\0\0"
+    assert seen[0].url.path == "/modules/" + "ab" * 32
+
+
+def test_client_download_unknown_module_raises():
+    def handler(request):
+        return error(404, "module not found")
+
+    with pytest.raises(ApiError) as caught:
+        make_client(handler).download_module("ab" * 32)
+
+    assert caught.value.status == 404
+
+
+def test_client_complete_many_returns_answers():
+    bodies = []
+    answers = [
+        {"task_id": 1, "status": "completed", "retried": False},
+        {"task_id": 2, "error": {"code": 409, "message": "lease lost"}},
+    ]
+
+    def handler(request):
+        bodies.append(json.loads(request.content))
+        return envelope({"results": answers})
+
+    reports = [
+        {"task_id": 1, "result": 5, "lease_token": "L1"},
+        {"task_id": 2, "result": 6, "lease_token": "L2"},
+    ]
+    returned = make_client(handler).complete_many(reports)
+
+    assert returned == answers
+    assert bodies[0] == reports
+
+
+def test_client_fail_many_posts_list():
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return envelope({"results": [{"task_id": 1, "status": "failed", "retried": False}]})
+
+    make_client(handler).fail_many([{"task_id": 1, "error_msg": "trap", "lease_token": "L", "retryable": False}])
+
+    assert seen[0].url.path == "/failures"
+    assert json.loads(seen[0].content) == [{"task_id": 1, "error_msg": "trap", "lease_token": "L", "retryable": False}]
+
+
+def test_client_report_many_checks_answer_count():
+    def handler(request):
+        return envelope({"results": []})
+
+    with pytest.raises(ApiError, match="0 answers for 1 reports"):
+        make_client(handler).complete_many([{"task_id": 1, "result": 5, "lease_token": "L"}])
+
+
+def test_client_next_results_batch():
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return envelope({"results": [{"task_id": 1}, {"task_id": 2}]})
+
+    results = make_client(handler).next_results(10, wait=5)
+
+    assert [result["task_id"] for result in results] == [1, 2]
+    assert dict(seen[0].url.params) == {"max": "10", "wait": "5"}
+
+
+def test_client_next_results_empty_on_404():
+    def handler(request):
+        return error(404, "no undelivered result")
+
+    assert make_client(handler).next_results(3) == []

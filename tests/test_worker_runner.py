@@ -1,5 +1,7 @@
 """Worker against a fake server (httpx.MockTransport) and a fake executor."""
 
+import base64
+import hashlib
 import json
 import threading
 import time
@@ -55,20 +57,41 @@ class FakeExecutor:
         self.closed = True
 
 
-class FakeServer:
-    """Keeps tasks and reported outcomes; can fail requests on demand."""
+MODULE = b"\0asm\1\0\0\0"
+MODULE_SHA256 = hashlib.sha256(MODULE).hexdigest()
 
-    def __init__(self, tasks, lease_seconds=30.0):
+
+def lease_expiry(seconds):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + seconds)) + "Z"
+
+
+class FakeServer:
+    """Keeps tasks and reported outcomes, with the single and the batch routes; can fail requests on demand."""
+
+    def __init__(self, tasks, lease_seconds=30.0, long_polling=True):
         self.pending = list(tasks)
         self.results = {}
         self.failures = {}
         self.releases = []
         self.heartbeats = []
         self.logins = 0
-        self.lock = threading.Lock()
+        self.claims = []  # query parameters of each GET /tasks
+        self.report_requests = []  # (path, number of items or None for a single body)
+        self.downloads = []
+        self.modules = {MODULE_SHA256: MODULE}
+        self.corrupt_downloads = 0
+        self.download_delay_seconds = 0.0
+        self.long_polling = long_polling
+        self.lock = threading.Condition()
         self.lease_seconds = lease_seconds
         self.fail_next = {}  # path -> list of statuses to return before succeeding
+        self.fail_items = {}  # task_id -> list of per-item statuses for batch reports
         self.valid_token = "token-1"
+
+    def add_task(self, task):
+        with self.lock:
+            self.pending.append(task)
+            self.lock.notify_all()
 
     def handle(self, request):
         path = request.url.path
@@ -84,38 +107,82 @@ class FakeServer:
                 return httpx.Response(200, json={"data": {"token": self.valid_token, "user_id": 1, "username": "w", "expires_at": None}})
             if request.headers.get("authorization") != f"Bearer {self.valid_token}":
                 return httpx.Response(401, json={"error": {"code": 401, "message": "token expired"}})
-            body = json.loads(request.content) if request.content else None
             if path == "/tasks" and request.method == "GET":
-                if not self.pending:
-                    return httpx.Response(404, json={"error": {"code": 404, "message": "no task available"}})
-                task = self.pending.pop(0)
-                expires = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + self.lease_seconds)) + "Z"
-                return httpx.Response(200, json={"data": {"task": dict(task, lease_expires_at=expires)}})
-            if path == "/results":
-                self.results[body["task_id"]] = body
-            elif path == "/failures":
-                self.failures[body["task_id"]] = body
-            elif path.endswith("/release"):
+                return self._claim(dict(request.url.params))
+            if path.startswith("/modules/"):
+                return self._download(path.removeprefix("/modules/"))
+            body = json.loads(request.content) if request.content else None
+            if path in ("/results", "/failures"):
+                return self._report(path, body)
+            if path.endswith("/release"):
                 self.releases.append(int(path.split("/")[2]))
             elif path.endswith("/heartbeat"):
                 self.heartbeats.append(int(path.split("/")[2]))
-                expires = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + self.lease_seconds)) + "Z"
-                return httpx.Response(200, json={"data": {"lease_expires_at": expires}})
+                return httpx.Response(200, json={"data": {"lease_expires_at": lease_expiry(self.lease_seconds)}})
             return httpx.Response(200, json={"data": {"message": "ok"}})
 
+    def _claim(self, params):
+        # Called with self.lock held; wait() releases it while holding the request.
+        self.claims.append(params)
+        wait = float(params.get("wait", 0)) if self.long_polling else 0
+        self.lock.wait_for(lambda: self.pending, timeout=wait)
+        if not self.pending:
+            return httpx.Response(404, json={"error": {"code": 404, "message": "no task available"}})
+        count = int(params["max"]) if "max" in params else 1
+        claimed, self.pending = self.pending[:count], self.pending[count:]
+        views = []
+        for task in claimed:
+            view = dict(task, lease_expires_at=lease_expiry(self.lease_seconds))
+            if params.get("inline_module") == "false":
+                view.pop("wasm_module")
+            views.append(view)
+        if "max" in params:
+            return httpx.Response(200, json={"data": {"tasks": views}})
+        return httpx.Response(200, json={"data": {"task": views[0]}})
 
-def make_task(task_id, func="add", args=(2, 3), sha="a" * 64, timeout_seconds=30):
+    def _download(self, sha256):
+        self.downloads.append(sha256)
+        if self.download_delay_seconds:
+            self.lock.wait(self.download_delay_seconds)
+        module = self.modules.get(sha256)
+        if module is None:
+            return httpx.Response(404, json={"error": {"code": 404, "message": f"module sha256:{sha256} not found"}})
+        if self.corrupt_downloads:
+            self.corrupt_downloads -= 1
+            module = module + b"corrupt"
+        return httpx.Response(200, content=module, headers={"content-type": "application/wasm"})
+
+    def _report(self, path, body):
+        store = self.results if path == "/results" else self.failures
+        if isinstance(body, dict):
+            self.report_requests.append((path, None))
+            store[body["task_id"]] = body
+            return httpx.Response(200, json={"data": {"task_id": body["task_id"], "status": "completed", "retried": False}})
+        self.report_requests.append((path, len(body)))
+        answers = []
+        for item in body:
+            statuses = self.fail_items.get(item["task_id"])
+            if statuses:
+                status = statuses.pop(0)
+                answers.append({"task_id": item["task_id"], "error": {"code": status, "message": f"injected {status}"}})
+                continue
+            store[item["task_id"]] = item
+            answers.append({"task_id": item["task_id"], "status": "completed", "retried": False})
+        return httpx.Response(200, json={"data": {"results": answers}})
+
+
+def make_task(task_id, func="add", args=(2, 3), sha=MODULE_SHA256, timeout_seconds=30):
     return {
-        "id": task_id, "wasm_module": "AGFzbQEAAAA=", "module_sha256": sha, "func": func, "args": list(args),
-        "created_by": 1, "stdin": None, "env": None, "attempt": 1, "max_attempts": 3,
+        "id": task_id, "wasm_module": base64.b64encode(MODULE).decode(), "module_sha256": sha, "func": func,
+        "args": list(args), "created_by": 1, "stdin": None, "env": None, "attempt": 1, "max_attempts": 3,
         "lease_token": f"lease-{task_id}", "timeout_seconds": timeout_seconds,
     }
 
 
-def start_worker(server, executor=None, concurrency=2, grace_seconds=5.0):
+def start_worker(server, executor=None, concurrency=2, grace_seconds=5.0, legacy=False, claim_wait_seconds=1.0):
     settings = WorkerSettings(
-        server_url="http://rainchanel.test", username="w", password="pw",
-        concurrency=concurrency, grace_seconds=grace_seconds,
+        server_url="http://rainchanel.test", username="w", password="pw", concurrency=concurrency,
+        grace_seconds=grace_seconds, legacy_routes=legacy, claim_wait_seconds=claim_wait_seconds,
     )
     worker = Worker(settings, executor=executor or FakeExecutor(), transport=httpx.MockTransport(server.handle))
     worker.start()
@@ -136,9 +203,13 @@ def stop(worker):
     worker.wait_and_shut_down()
 
 
-def test_worker_completes_and_fails_tasks():
+ROUTE_MODES = pytest.mark.parametrize("legacy", [False, True], ids=["batch-routes", "legacy-routes"])
+
+
+@ROUTE_MODES
+def test_worker_completes_and_fails_tasks(legacy):
     server = FakeServer([make_task(1), make_task(2, func="trap"), make_task(3, args=(10, 20))])
-    worker = start_worker(server)
+    worker = start_worker(server, legacy=legacy)
 
     assert wait_until(lambda: len(server.results) == 2 and len(server.failures) == 1)
     stop(worker)
@@ -152,21 +223,23 @@ def test_worker_completes_and_fails_tasks():
     assert worker.executor.closed
 
 
-def test_worker_skips_decoding_cached_module():
+@ROUTE_MODES
+def test_worker_skips_decoding_cached_module(legacy):
     executor = FakeExecutor()
     server = FakeServer([make_task(1), make_task(2)])
-    worker = start_worker(server, executor, concurrency=1)
+    worker = start_worker(server, executor, concurrency=1, legacy=legacy)
 
     assert wait_until(lambda: len(server.results) == 2)
     stop(worker)
 
-    assert executor.received_modules == [b"\0asm\1\0\0\0", None]
+    assert executor.received_modules == [MODULE, None]
 
 
-def test_worker_resends_outcome_after_transient_errors():
+@ROUTE_MODES
+def test_worker_resends_outcome_after_transient_errors(legacy):
     server = FakeServer([make_task(1)])
     server.fail_next["/results"] = [503, "connect", 500]
-    worker = start_worker(server, concurrency=1)
+    worker = start_worker(server, concurrency=1, legacy=legacy)
 
     assert wait_until(lambda: 1 in server.results)
     stop(worker)
@@ -174,23 +247,24 @@ def test_worker_resends_outcome_after_transient_errors():
     assert server.results[1]["result"] == 5
 
 
-def test_worker_logs_in_again_after_401():
+@ROUTE_MODES
+def test_worker_logs_in_again_after_401(legacy):
     server = FakeServer([make_task(1)])
-    worker = start_worker(server, concurrency=1)
+    worker = start_worker(server, concurrency=1, legacy=legacy)
     assert wait_until(lambda: 1 in server.results)
 
     server.valid_token = "token-2"
-    server.pending.append(make_task(2))
+    server.add_task(make_task(2))
 
     assert wait_until(lambda: 2 in server.results)
     stop(worker)
     assert server.logins >= 2
 
 
-def test_worker_drops_outcome_refused_with_409():
+def test_worker_legacy_drops_outcome_refused_with_409():
     server = FakeServer([make_task(1), make_task(2)])
     server.fail_next["/results"] = [409]
-    worker = start_worker(server, concurrency=1)
+    worker = start_worker(server, concurrency=1, legacy=True)
 
     assert wait_until(lambda: 2 in server.results)
     stop(worker)
@@ -198,9 +272,180 @@ def test_worker_drops_outcome_refused_with_409():
     assert 1 not in server.results
 
 
-def test_worker_heartbeats_long_task():
-    server = FakeServer([make_task(1, func="sleep", args=(1.5,))], lease_seconds=1.0)
+def test_worker_drops_batch_item_refused_with_409():
+    server = FakeServer([make_task(1), make_task(2)])
+    server.fail_items[1] = [409]
     worker = start_worker(server, concurrency=1)
+
+    assert wait_until(lambda: 2 in server.results)
+    stop(worker)
+
+    assert 1 not in server.results
+    sent_items = sum(count or 1 for path, count in server.report_requests if path == "/results")
+    assert sent_items == 2
+
+
+def test_worker_resends_batch_item_after_500():
+    server = FakeServer([make_task(1)])
+    server.fail_items[1] = [500, 503]
+    worker = start_worker(server, concurrency=1)
+
+    assert wait_until(lambda: 1 in server.results)
+    stop(worker)
+
+    assert server.results[1]["result"] == 5
+    assert len([path for path, _ in server.report_requests if path == "/results"]) == 3
+
+
+def test_worker_turns_rejected_result_into_failure():
+    server = FakeServer([make_task(1)])
+    server.fail_items[1] = [413]
+    worker = start_worker(server, concurrency=1)
+
+    assert wait_until(lambda: 1 in server.failures)
+    stop(worker)
+
+    assert 1 not in server.results
+    assert server.failures[1]["error_msg"] == "result rejected by the server: injected 413"
+    assert server.failures[1]["retryable"] is False
+
+
+def test_worker_falls_back_to_single_reports():
+    server = FakeServer([make_task(1), make_task(2)])
+    server.fail_next["/results"] = [422]
+    worker = start_worker(server, concurrency=2)
+
+    assert wait_until(lambda: len(server.results) == 2)
+    stop(worker)
+
+    assert server.results[1]["result"] == 5
+    assert server.results[2]["result"] == 5
+    assert (("/results", None)) in server.report_requests
+
+
+def test_worker_claims_batches_without_modules():
+    server = FakeServer([make_task(task_id) for task_id in range(1, 9)])
+    worker = start_worker(server, concurrency=4)
+
+    assert wait_until(lambda: len(server.results) == 8)
+    stop(worker)
+
+    first_claim = server.claims[0]
+    assert first_claim == {"max": "4", "wait": "1.0", "inline_module": "false"}
+    assert all(1 <= int(claim["max"]) <= 4 for claim in server.claims)
+    assert server.downloads == [MODULE_SHA256]
+
+
+def test_worker_reports_outcomes_in_batches():
+    server = FakeServer([make_task(task_id) for task_id in range(1, 41)])
+    worker = start_worker(server, concurrency=4)
+
+    assert wait_until(lambda: len(server.results) == 40)
+    stop(worker)
+
+    result_requests = [count for path, count in server.report_requests if path == "/results"]
+    assert sum(result_requests) == 40
+    assert len(result_requests) < 40
+    assert None not in result_requests
+
+
+def test_worker_downloads_module_once_for_concurrent_tasks():
+    executor = FakeExecutor()
+    server = FakeServer([make_task(task_id) for task_id in range(1, 5)])
+    server.download_delay_seconds = 0.3
+    worker = start_worker(server, executor, concurrency=4)
+
+    assert wait_until(lambda: len(server.results) == 4)
+    stop(worker)
+
+    assert server.downloads == [MODULE_SHA256]
+    assert [module for module in executor.received_modules if module is not None] == [MODULE] * 4
+
+
+def test_worker_downloads_corrupt_module_again():
+    server = FakeServer([make_task(1)])
+    server.corrupt_downloads = 1
+    worker = start_worker(server, concurrency=1)
+
+    assert wait_until(lambda: 1 in server.results)
+    stop(worker)
+
+    assert server.downloads == [MODULE_SHA256, MODULE_SHA256]
+    assert server.results[1]["result"] == 5
+
+
+def test_worker_fails_task_of_unknown_module():
+    server = FakeServer([make_task(1, sha="b" * 64)])
+    worker = start_worker(server, concurrency=1)
+
+    assert wait_until(lambda: 1 in server.failures)
+    stop(worker)
+
+    assert server.failures[1]["error_msg"].startswith(f"cannot download module {'b' * 64}: module sha256:")
+    assert "retryable" not in server.failures[1]
+
+
+def test_worker_idle_long_poll_is_one_request_per_wait():
+    server = FakeServer([])
+    worker = start_worker(server, concurrency=4, claim_wait_seconds=1.0)
+
+    time.sleep(2.5)
+    stop(worker)
+
+    assert 2 <= len(server.claims) <= 4
+
+
+def test_worker_backs_off_when_server_does_not_hold_claims():
+    server = FakeServer([], long_polling=False)
+    worker = start_worker(server, concurrency=4, claim_wait_seconds=10.0)
+
+    time.sleep(1.5)
+    stop(worker)
+
+    # Backoff from 50 ms doubling to 1 s: about 5 claims in 1.5 s, not hundreds.
+    assert len(server.claims) <= 10
+
+
+def test_worker_stop_waits_for_long_poll_only():
+    server = FakeServer([])
+    worker = start_worker(server, concurrency=2, claim_wait_seconds=1.0)
+    assert wait_until(lambda: server.claims)
+    started = time.monotonic()
+
+    stop(worker)
+
+    assert time.monotonic() - started < 2
+    assert len(server.claims) == 1
+
+
+def test_worker_picks_up_task_during_long_poll():
+    server = FakeServer([])
+    worker = start_worker(server, concurrency=2)
+    assert wait_until(lambda: server.claims)
+
+    server.add_task(make_task(1))
+
+    assert wait_until(lambda: 1 in server.results, timeout=3)
+    stop(worker)
+    assert len(server.claims) <= 3
+
+
+def test_worker_legacy_uses_single_routes():
+    server = FakeServer([make_task(1), make_task(2, func="trap")])
+    worker = start_worker(server, concurrency=1, legacy=True)
+
+    assert wait_until(lambda: 1 in server.results and 2 in server.failures)
+    stop(worker)
+
+    assert all(claim == {} for claim in server.claims)
+    assert server.report_requests == [("/results", None), ("/failures", None)]
+    assert server.downloads == []
+
+
+@ROUTE_MODES
+def test_worker_heartbeats_long_task(legacy):
+    server = FakeServer([make_task(1, func="sleep", args=(1.5,))], lease_seconds=1.0)
+    worker = start_worker(server, concurrency=1, legacy=legacy)
 
     assert wait_until(lambda: 1 in server.results)
     stop(worker)
@@ -208,10 +453,12 @@ def test_worker_heartbeats_long_task():
     assert server.heartbeats.count(1) >= 2
 
 
-def test_worker_stop_lets_running_task_finish():
+@ROUTE_MODES
+def test_worker_stop_lets_running_task_finish(legacy):
+    executor = FakeExecutor()
     server = FakeServer([make_task(1, func="sleep", args=(0.5,))])
-    worker = start_worker(server, concurrency=1, grace_seconds=5)
-    assert wait_until(lambda: not server.pending)
+    worker = start_worker(server, executor, concurrency=1, grace_seconds=5, legacy=legacy)
+    assert wait_until(lambda: executor.received_modules)
 
     stop(worker)
 
@@ -219,15 +466,33 @@ def test_worker_stop_lets_running_task_finish():
     assert server.releases == []
 
 
-def test_worker_stop_releases_task_after_grace():
+@ROUTE_MODES
+def test_worker_stop_releases_task_after_grace(legacy):
+    executor = FakeExecutor()
     server = FakeServer([make_task(1, func="sleep", args=(30,))])
-    worker = start_worker(server, concurrency=1, grace_seconds=0.2)
-    assert wait_until(lambda: not server.pending)
+    worker = start_worker(server, executor, concurrency=1, grace_seconds=0.2, legacy=legacy)
+    assert wait_until(lambda: executor.received_modules)
     started = time.monotonic()
 
     stop(worker)
 
     assert time.monotonic() - started < 5
+    assert server.releases == [1]
+    assert 1 not in server.results
+    assert 1 not in server.failures
+
+
+def test_worker_releases_tasks_claimed_after_stop():
+    server = FakeServer([])
+    worker = start_worker(server, concurrency=2)
+    assert wait_until(lambda: server.claims)
+
+    worker.request_stop()
+    server.add_task(make_task(1))
+    worker.wait_and_shut_down()
+
+    # The long poll in flight returns the task after the stop request, so
+    # the task is released, never run.
     assert server.releases == [1]
     assert 1 not in server.results
     assert 1 not in server.failures

@@ -1,79 +1,53 @@
-"""The worker process: slot threads that claim, run and report tasks.
+"""The worker process: a claimer, N slot threads and a reporter.
 
-Each of the N slot threads loops over claim -> run -> report, so up to N
-modules execute in parallel (wasmtime releases the GIL while wasm runs).
+By default the claimer long-polls GET /tasks for up to as many tasks as there
+are free slots, without the module bytes. A slot downloads a module only when
+the executor has not compiled it yet. It then runs the task and hands the
+outcome to the reporter, which sends outcomes in batches. wasmtime releases
+the GIL while wasm runs, so up to N modules execute in parallel.
+
+On a stop request the claimer's long poll is not cut short, because the
+server would go on waiting for the closed connection and could claim tasks
+for it; it returns within claim_wait_seconds, and the tasks it brings are
+released.
+
+With `legacy_routes`, each slot instead loops over the original single-task
+routes: claim one task with its module inline, run it, report it, and poll
+with backoff while the queue is empty.
+
 Stopping takes two steps: claiming stops at once, running tasks get a grace
 period, and tasks still running after it are interrupted and released back
 to the queue without counting the attempt.
 """
 
 import base64
-import os
+import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
-from rainchanel.client import ApiError
+from rainchanel.client import MAX_FETCH_BATCH, ApiError
 from rainchanel.logs import get_logger
-from rainchanel.worker.leases import LeaseKeeper
+from rainchanel.worker.execution import TaskTiming, WorkerSettings, create_executor, failed_outcome, task_spec
+from rainchanel.worker.leases import Lease, LeaseKeeper
+from rainchanel.worker.modules import ModuleFetcher, ModuleUnavailable
+from rainchanel.worker.reporter import FinishedTask, OutcomeReporter, log_task_finished, send_single
 from rainchanel.worker.session import Backoff, Credentials, GaveUp, ServerSession
 
 log = get_logger("rainchanel.worker")
 
-# Delays between claims while the queue is empty.
+# Delays between claims while the queue is empty, when the server does not
+# hold the request (legacy routes, or a server without long polling).
 IDLE_INITIAL_DELAY_SECONDS = 0.05
 IDLE_MAX_DELAY_SECONDS = 1.0
 
-
-@dataclass
-class WorkerSettings:
-    """Options of one worker process."""
-
-    server_url: str
-    username: str
-    password: str
-    concurrency: int = os.cpu_count() or 1
-    memory_limit_mib: int = 256
-    fuel: int | None = None
-    grace_seconds: float = 10.0
-    request_timeout_seconds: float = 30.0
-    module_cache_size: int = 64
-    stdout_limit_bytes: int = 256 * 1024
-    stderr_limit_bytes: int = 256 * 1024
-
-
-@dataclass
-class TaskTiming:
-    """Milliseconds a slot spent on each step of one task."""
-
-    claim_ms: float = 0.0
-    decode_ms: float = 0.0
-    run_ms: float = 0.0
-    report_ms: float = 0.0
-
-
-def failed_outcome(error: str):
-    """Return a retryable failure Outcome for an error outside the module."""
-    from rainchanel.wasm.execute import Outcome
-
-    return Outcome(completed=False, error=error, retryable=True)
-
-
-def create_executor(settings: WorkerSettings):
-    """Build the wasm Executor with the sandbox limits from the settings."""
-    from rainchanel.wasm.execute import Executor, SandboxLimits
-
-    limits = SandboxLimits(
-        memory_limit_bytes=settings.memory_limit_mib * 1024 * 1024,
-        fuel=settings.fuel,
-        stdout_limit_bytes=settings.stdout_limit_bytes,
-        stderr_limit_bytes=settings.stderr_limit_bytes,
-    )
-    return Executor(limits, module_cache_size=settings.module_cache_size)
+# Extra seconds the shutdown waits for a long poll beyond its wait time.
+CLAIM_RETURN_MARGIN_SECONDS = 2.0
 
 
 class Worker:
@@ -84,19 +58,29 @@ class Worker:
         self._transport = transport
         self.executor = executor if executor is not None else create_executor(settings)
         self.credentials = Credentials(settings.username, settings.password)
-        # Set on the first stop request: slots claim no more tasks.
+        # Set on the first stop request: no more tasks are claimed.
         self.stopping = threading.Event()
         # Set when the process must end now: retries are abandoned.
         self.aborting = threading.Event()
         self._heartbeat_stopped = threading.Event()
         self.leases = LeaseKeeper(self._new_session(self._heartbeat_stopped))
+        self.modules = ModuleFetcher()
+        self.reporter: OutcomeReporter | None = None
+        self._claimer: threading.Thread | None = None
         self._slots: list[threading.Thread] = []
         self._interrupted = False
+
+        # Claimed tasks waiting for a slot. A None item makes a slot end.
+        self._work: queue.Queue[tuple[dict, Lease, TaskTiming] | None] = queue.Queue()
+        # Guards _free_slots and _dispatch_closed; notified when a slot frees.
+        self._slots_changed = threading.Condition()
+        self._free_slots = settings.concurrency
+        self._dispatch_closed = False
 
     # Lifecycle
 
     def start(self) -> None:
-        """Log in and start the heartbeat and slot threads.
+        """Log in and start the heartbeat, claimer, reporter and slot threads.
 
         Raises ApiError when the server rejects the credentials. An
         unreachable server is retried until it responds or the worker stops.
@@ -110,20 +94,29 @@ class Worker:
             session.close()
 
         self.leases.start()
+        legacy = self.settings.legacy_routes
+        if not legacy:
+            self.reporter = OutcomeReporter(self._new_session(self.aborting), self.leases, self.settings.concurrency)
+            self.reporter.start()
         # Threads take the stack size in force when they are created; wasm
         # code runs on the slot threads and needs the larger stack.
         previous_stack_size = threading.stack_size(WASM_THREAD_STACK_BYTES)
         try:
             for index in range(self.settings.concurrency):
-                slot = threading.Thread(target=self._run_slot, name=f"slot-{index}", daemon=True)
+                target = self._run_legacy_slot if legacy else self._run_slot
+                slot = threading.Thread(target=target, name=f"slot-{index}", daemon=True)
                 slot.start()
                 self._slots.append(slot)
         finally:
             threading.stack_size(previous_stack_size)
+        if not legacy:
+            self._claimer = threading.Thread(target=self._run_claimer, name="claimer", daemon=True)
+            self._claimer.start()
         log.info(
             "worker_started", server=self.settings.server_url, username=self.settings.username,
             concurrency=self.settings.concurrency, memory_limit_mib=self.settings.memory_limit_mib,
-            fuel=self.settings.fuel,
+            fuel=self.settings.fuel, legacy_routes=legacy,
+            claim_wait_seconds=None if legacy else self.settings.claim_wait_seconds,
         )
 
     def request_stop(self) -> None:
@@ -135,14 +128,18 @@ class Worker:
             return
         log.info("worker_stopping", grace_seconds=self.settings.grace_seconds, running=len(self.leases.active()))
         self.stopping.set()
+        with self._slots_changed:
+            self._slots_changed.notify_all()
 
     def wait_and_shut_down(self) -> None:
         """Block until stop is requested, then finish, interrupt and release as described above."""
         while not self.stopping.wait(0.5):
-            if not any(slot.is_alive() for slot in self._slots):
-                log.error("worker_slots_ended")
-                self.stopping.set()
+            if not all(thread.is_alive() for thread in self._threads()):
+                log.error("worker_threads_ended", threads=[thread.name for thread in self._threads() if not thread.is_alive()])
+                self.request_stop()
 
+        self._close_dispatch()
+        claim_deadline = time.monotonic() + self.settings.claim_wait_seconds + CLAIM_RETURN_MARGIN_SECONDS
         deadline = time.monotonic() + self.settings.grace_seconds
         self._join_slots(deadline)
         if any(slot.is_alive() for slot in self._slots):
@@ -154,6 +151,8 @@ class Worker:
             log.error("worker_slots_still_busy", slots=sum(slot.is_alive() for slot in self._slots))
             self.aborting.set()
             self._join_slots(time.monotonic() + 1)
+        self._join_claimer(claim_deadline)
+        self._drain_reporter()
 
         self._heartbeat_stopped.set()
         self.leases.stop()
@@ -174,6 +173,50 @@ class Worker:
         log.info("signal_received", signal=signal.Signals(signum).name)
         self.request_stop()
 
+    def _threads(self) -> list[threading.Thread]:
+        threads = list(self._slots)
+        if self._claimer is not None and not self.stopping.is_set():
+            threads.append(self._claimer)
+        if self.reporter is not None:
+            threads.append(self.reporter.thread)
+        return threads
+
+    def _close_dispatch(self) -> None:
+        """Stop handing tasks to slots and tell each slot to end once the queue is empty."""
+        with self._slots_changed:
+            self._dispatch_closed = True
+        if not self.settings.legacy_routes:
+            for _ in self._slots:
+                self._work.put(None)
+
+    def _join_claimer(self, deadline: float) -> None:
+        """Wait for a long poll in flight to return, so tasks it claims are released, not stranded.
+
+        The server keeps waiting, and may claim tasks, for a request whose
+        connection was closed, and such tasks stay leased until the lease
+        expires, which counts as a failed attempt. So the claim is not
+        abandoned unless the worker is stopped a second time or the deadline
+        passes.
+        """
+        if self._claimer is None:
+            return
+        while self._claimer.is_alive() and not self.aborting.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("claim_abandoned", reason="the long poll did not return in time; tasks it claims wait for lease expiry")
+                return
+            self._claimer.join(timeout=min(remaining, 0.1))
+
+    def _drain_reporter(self) -> None:
+        if self.reporter is None:
+            return
+        self.reporter.close()
+        self.reporter.thread.join(timeout=self.settings.request_timeout_seconds)
+        if self.reporter.thread.is_alive():
+            log.error("reporter_still_busy")
+            self.aborting.set()
+            self.reporter.thread.join(timeout=1)
+
     def _interrupt_running(self) -> None:
         self._interrupted = True
         self.executor.interrupt_all()
@@ -187,27 +230,131 @@ class Worker:
             self.settings.server_url, self.credentials, give_up, self.settings.request_timeout_seconds, self._transport,
         )
 
-    # Slots
+    # Claimer
 
-    def _run_slot(self) -> None:
+    def _run_claimer(self) -> None:
         session = self._new_session(self.aborting)
         idle = Backoff(IDLE_INITIAL_DELAY_SECONDS, IDLE_MAX_DELAY_SECONDS, jitter=0.1)
+        wait_seconds = self.settings.claim_wait_seconds
         try:
-            while not self.stopping.is_set():
+            while True:
+                free_slots = self._wait_for_free_slots()
+                if free_slots == 0:
+                    return
                 claim_started = time.perf_counter()
-                task = self._claim(session)
-                if task is None:
-                    self.stopping.wait(idle.next_delay())
+                tasks = self._claim_batch(session, min(free_slots, MAX_FETCH_BATCH))
+                claim_seconds = time.perf_counter() - claim_started
+                if not tasks:
+                    # An empty answer well before the wait is over means the
+                    # server did not hold the request, so back off as when polling.
+                    if claim_seconds < wait_seconds / 2:
+                        self.stopping.wait(idle.next_delay())
                     continue
                 idle.reset()
-                timing = TaskTiming(claim_ms=(time.perf_counter() - claim_started) * 1000)
-                self._process(session, task, timing)
+                self._dispatch(session, tasks, claim_seconds * 1000)
         except GaveUp:
             pass
         finally:
             session.close()
 
-    def _claim(self, session: ServerSession) -> dict | None:
+    def _wait_for_free_slots(self) -> int:
+        """Block until a slot is free; return how many are, or 0 once the worker is stopping."""
+        with self._slots_changed:
+            while self._free_slots == 0 and not self.stopping.is_set():
+                self._slots_changed.wait()
+            return 0 if self.stopping.is_set() else self._free_slots
+
+    def _claim_batch(self, session: ServerSession, max_tasks: int) -> list[dict]:
+        wait_seconds = self.settings.claim_wait_seconds
+        try:
+            return session.call(
+                "claim", lambda client: client.claim(max=max_tasks, wait=wait_seconds, inline_module=False),
+            )
+        except ApiError as exc:
+            log.error("claim_failed", status=exc.status, error=str(exc))
+            self.stopping.wait(IDLE_MAX_DELAY_SECONDS)
+            return []
+
+    def _dispatch(self, session: ServerSession, tasks: list[dict], claim_ms: float) -> None:
+        """Start the leases of claimed tasks and queue them for the slots, or release them when stopping."""
+        leases = [self.leases.add(task) for task in tasks]
+        with self._slots_changed:
+            accepted = not self._dispatch_closed
+            if accepted:
+                self._free_slots -= len(tasks)
+                for task, lease in zip(tasks, leases):
+                    self._work.put((task, lease, TaskTiming(claim_ms=claim_ms)))
+        if not accepted:
+            for task in tasks:
+                self._release(session, task)
+                self.leases.remove(task["id"])
+
+    # Slots
+
+    def _run_slot(self) -> None:
+        session = self._new_session(self.aborting)
+        try:
+            while True:
+                item = self._work.get()
+                if item is None:
+                    return
+                task, lease, timing = item
+                try:
+                    if self.stopping.is_set():
+                        self._release_unstarted(session, task)
+                    else:
+                        self._process(session, task, lease, timing)
+                finally:
+                    with self._slots_changed:
+                        self._free_slots += 1
+                        self._slots_changed.notify()
+        except GaveUp:
+            pass
+        finally:
+            session.close()
+
+    def _process(self, session: ServerSession, task: dict, lease: Lease, timing: TaskTiming) -> None:
+        """Run one claimed task and hand its outcome to the reporter, or release it when interrupted."""
+        started_at = time.perf_counter()
+        outcome = self._run_task(session, task, timing)
+        if outcome is None or outcome.interrupted:
+            finished = FinishedTask(task, lease, timing, started_at, completed=False, error=None if outcome is None else outcome.error)
+            try:
+                log_task_finished(finished, self._release(session, task))
+            finally:
+                self.leases.remove(task["id"])
+            return
+        self.reporter.submit(FinishedTask(
+            task, lease, timing, started_at, completed=outcome.completed, result=outcome.result,
+            error=outcome.error, retryable=outcome.retryable,
+        ))
+
+    def _release_unstarted(self, session: ServerSession, task: dict) -> None:
+        try:
+            outcome = self._release(session, task)
+        finally:
+            self.leases.remove(task["id"])
+        log.info("task_not_started", task_id=task["id"], outcome=outcome, reason="the worker is stopping")
+
+    def _run_legacy_slot(self) -> None:
+        session = self._new_session(self.aborting)
+        idle = Backoff(IDLE_INITIAL_DELAY_SECONDS, IDLE_MAX_DELAY_SECONDS, jitter=0.1)
+        try:
+            while not self.stopping.is_set():
+                claim_started = time.perf_counter()
+                task = self._claim_one(session)
+                if task is None:
+                    self.stopping.wait(idle.next_delay())
+                    continue
+                idle.reset()
+                timing = TaskTiming(claim_ms=(time.perf_counter() - claim_started) * 1000)
+                self._process_legacy(session, task, timing)
+        except GaveUp:
+            pass
+        finally:
+            session.close()
+
+    def _claim_one(self, session: ServerSession) -> dict | None:
         try:
             return session.call("claim", lambda client: client.claim())
         except ApiError as exc:
@@ -215,106 +362,78 @@ class Worker:
             self.stopping.wait(IDLE_MAX_DELAY_SECONDS)
             return None
 
-    def _process(self, session: ServerSession, task: dict, timing: TaskTiming) -> None:
-        """Run one claimed task and report its outcome; never raises except GaveUp."""
-        started = time.perf_counter()
+    def _process_legacy(self, session: ServerSession, task: dict, timing: TaskTiming) -> None:
+        """Run one claimed task and report its outcome with the single routes; never raises except GaveUp."""
+        started_at = time.perf_counter()
         lease = self.leases.add(task)
-        fields = {"task_id": task["id"], "func": task.get("func"), "attempt": task.get("attempt")}
         try:
-            try:
-                outcome = self._execute(task, timing)
-            except Exception as exc:  # a fault of the worker, not of the module
-                log.exception("task_execution_error", **fields)
-                outcome = failed_outcome(f"worker error while running the task: {exc}")
+            outcome = self._run_task(session, task, timing)
+            finished = FinishedTask(
+                task, lease, timing, started_at, completed=bool(outcome and outcome.completed),
+                result=None if outcome is None else outcome.result, error=None if outcome is None else outcome.error,
+                retryable=True if outcome is None else outcome.retryable,
+            )
             report_started = time.perf_counter()
             if outcome is None or outcome.interrupted:
                 result = self._release(session, task)
             else:
-                result = self._report(session, task, outcome)
+                result = send_single(session, finished)
             timing.report_ms = (time.perf_counter() - report_started) * 1000
         except GaveUp:
-            log.error("outcome_abandoned", **fields, reason="the worker was stopped while the server was unreachable")
+            log.error("outcome_abandoned", task_id=task["id"], reason="the worker was stopped while the server was unreachable")
             raise
         finally:
             self.leases.remove(task["id"])
+        log_task_finished(finished, result)
 
-        duration_ms = (time.perf_counter() - started) * 1000
-        log_method = log.info if result in ("completed", "released") else log.warning
-        log_method(
-            "task_finished", **fields, outcome=result, duration_ms=round(duration_ms, 2),
-            claim_ms=round(timing.claim_ms, 3), decode_ms=round(timing.decode_ms, 3),
-            run_ms=round(timing.run_ms, 3), report_ms=round(timing.report_ms, 3),
-            lease_lost=lease.lost,
-            error=None if outcome is None else outcome.error,
-        )
+    # Running a task
 
-    def _execute(self, task: dict, timing: TaskTiming):
-        """Run the task's function; return the Outcome, or None if the task cannot start."""
-        from rainchanel.wasm.execute import TaskSpec
+    def _run_task(self, session: ServerSession, task: dict, timing: TaskTiming):
+        """Run the task's function; return the Outcome, or None if the task must not start.
 
-        spec = TaskSpec(
-            task_id=task["id"],
-            module_sha256=task["module_sha256"],
-            func=task["func"],
-            args=task.get("args") or [],
-            timeout_seconds=task.get("timeout_seconds") or 30,
-            stdin=task.get("stdin"),
-            env=task.get("env"),
-        )
-        decode_started = time.perf_counter()
-        module = None
-        if not self.executor.has_module(spec.module_sha256):
-            module = base64.b64decode(task["wasm_module"])
-        timing.decode_ms = (time.perf_counter() - decode_started) * 1000
+        Errors of the worker itself become a retryable failure; GaveUp is raised.
+        """
+        try:
+            return self._execute(session, task, timing)
+        except GaveUp:
+            raise
+        except ApiError as exc:
+            log.warning("module_download_failed", task_id=task["id"], module_sha256=task.get("module_sha256"), status=exc.status, error=exc.message)
+            return failed_outcome(f"cannot download module {task.get('module_sha256')}: {exc.message}")
+        except ModuleUnavailable as exc:
+            return failed_outcome(str(exc))
+        except Exception as exc:  # a fault of the worker, not of the module
+            log.exception("task_execution_error", task_id=task["id"], func=task.get("func"), attempt=task.get("attempt"))
+            return failed_outcome(f"worker error while running the task: {exc}")
 
-        if self.stopping.is_set() and self._interrupted:
-            return None
-        run_started = time.perf_counter()
-        outcome = self.executor.run(spec, module)
+    def _execute(self, session: ServerSession, task: dict, timing: TaskTiming):
+        spec = task_spec(task)
+        module_started = time.perf_counter()
+        with self._module_bytes(session, task) as module:
+            timing.module_ms = (time.perf_counter() - module_started) * 1000
+            if self.stopping.is_set() and self._interrupted:
+                return None
+            run_started = time.perf_counter()
+            outcome = self.executor.run(spec, module)
         if module is None and not outcome.completed and not self.executor.has_module(spec.module_sha256):
             # Another slot evicted the module from the cache between the
-            # check above and the run, so run again with the decoded bytes.
-            outcome = self.executor.run(spec, base64.b64decode(task["wasm_module"]))
+            # check and the run, so run again with the module's bytes.
+            with self._module_bytes(session, task) as module:
+                outcome = self.executor.run(spec, module)
         timing.run_ms = (time.perf_counter() - run_started) * 1000
         return outcome
 
-    def _report(self, session: ServerSession, task: dict, outcome) -> str:
-        """Send the outcome until the server accepts or refuses it; return what happened."""
-        task_id = task["id"]
-        lease_token = task["lease_token"]
-        if outcome.completed:
-            try:
-                session.call(
-                    "complete",
-                    lambda client: client.complete(task_id, outcome.result, lease_token, created_by=task.get("created_by")),
-                    task_id=task_id,
-                )
-                return "completed"
-            except ApiError as exc:
-                if exc.status not in (400, 413):
-                    return self._refused(task_id, exc)
-                # The server rejects this result (too large or not storable),
-                # so the task fails with the server's reason instead.
-                error, retryable = f"result rejected by the server: {exc.message}", False
+    @contextmanager
+    def _module_bytes(self, session: ServerSession, task: dict) -> Iterator[bytes | None]:
+        """Yield None when the module is compiled already, else its inline or downloaded bytes."""
+        sha256 = task["module_sha256"]
+        if self.executor.has_module(sha256):
+            yield None
+        elif task.get("wasm_module") is not None:
+            yield base64.b64decode(task["wasm_module"])
         else:
-            error, retryable = outcome.error or "task failed", outcome.retryable
-
-        try:
-            session.call(
-                "fail",
-                lambda client: client.fail(task_id, error, lease_token, retryable=retryable),
-                task_id=task_id,
-            )
-            return "failed"
-        except ApiError as exc:
-            return self._refused(task_id, exc)
-
-    def _refused(self, task_id: int, exc: ApiError) -> str:
-        # 409 or 404: the lease was reclaimed or the task already finished, so
-        # sending the outcome again cannot succeed.
-        level = log.warning if exc.status in (404, 409) else log.error
-        level("outcome_refused", task_id=task_id, status=exc.status, error=exc.message)
-        return "refused"
+            with self.modules.module(session, sha256, self.executor.has_module) as module:
+                yield module
 
     def _release(self, session: ServerSession, task: dict) -> str:
         try:
