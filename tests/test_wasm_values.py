@@ -122,7 +122,7 @@ def test_argument_count_must_match():
     with pytest.raises(InvalidArguments) as raised:
         to_wasm_values(["i32", "i32"], [1])
     assert "takes 2" in raised.value.message
-    assert "1 were given" in raised.value.message
+    assert "takes 2 arguments (i32, i32) but got 1: [1]" in raised.value.message
 
 
 def test_error_names_argument_index():

@@ -158,7 +158,7 @@ def check_call(info: ModuleInfo, func: str, args: object) -> list:
     if signature is None:
         exported = ", ".join(sorted(info.functions)) or "none"
         raise UnknownFunction(
-            f"unknown function {func!r}: the module does not export it; exported functions: {exported}"
+            f"unknown function {func!r}: the module exports no function of that name; exported functions: {exported}"
         )
 
     if func == WASI_COMMAND_ENTRY and info.is_wasi:

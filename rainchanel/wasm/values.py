@@ -45,8 +45,8 @@ def to_wasm_values(params: Sequence[str], args: Sequence[object]) -> list[int | 
         )
     if len(args) != len(params):
         raise InvalidArguments(
-            f"invalid args: the function takes {len(params)} argument(s) "
-            f"({_describe_params(params)}) but {len(args)} were given"
+            f"invalid args: the function takes {_count(len(params), 'argument')} "
+            f"({_describe_params(params)}) but got {len(args)}: {_show(args)}"
         )
     return [_to_wasm_value(index, wasm_type, value) for index, (wasm_type, value) in enumerate(zip(params, args))]
 
@@ -134,6 +134,10 @@ def _from_wasm_value(wasm_type: str, value: object) -> object:
             return "inf" if number > 0 else "-inf"
         return number
     return value
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _describe_params(params: Sequence[str]) -> str:
