@@ -20,6 +20,7 @@ JWT_ALGORITHM = "HS256"
 JWT_SECRET_SETTING = "jwt_secret"
 
 INVALID_CREDENTIALS = "invalid username or password"
+VERIFIED_TOKEN_CACHE_ENTRIES = 10_000
 
 
 def check_new_password(password: str) -> bytes:
@@ -74,6 +75,9 @@ class TokenService:
         self._secret = secret
         self.expires_seconds = expires_seconds
         self.leeway_seconds = leeway_seconds
+        # Workers send the same token with every request; checking its
+        # signature once and its expiry each time saves the HMAC and parsing.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def issue(self, user_id: int, username: str) -> tuple[str, int]:
         """Return a token for the user and its expiry as Unix seconds."""
@@ -84,6 +88,17 @@ class TokenService:
 
     def verify(self, token: str) -> Principal:
         """Return the token's principal; raise Unauthorized for any invalid token."""
+        cached = self._verified.get(token)
+        if cached is not None and time.time() <= cached[1]:
+            return cached[0]
+
+        principal, expires_at = self._decode(token)
+        if len(self._verified) >= VERIFIED_TOKEN_CACHE_ENTRIES:
+            self._verified.clear()
+        self._verified[token] = (principal, expires_at + self.leeway_seconds)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
         try:
             # Naming HS256 alone rejects "alg: none" and every other algorithm.
             claims = jwt.decode(
@@ -101,7 +116,7 @@ class TokenService:
         user_id = claims.get("user_id")
         if not isinstance(user_id, int) or claims["sub"] != str(user_id):
             raise Unauthorized("invalid token: the sub and user_id claims do not match")
-        return Principal(user_id=user_id, username=str(claims.get("username", "")))
+        return Principal(user_id=user_id, username=str(claims.get("username", ""))), float(claims["exp"])
 
 
 def generate_secret() -> str:

@@ -73,7 +73,8 @@ async def _jwt_secret(settings: Settings, accounts: AccountStore) -> str:
     return secret
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async, so FastAPI calls it on the event loop instead of a thread.
     return request.app.state.services
 
 
@@ -87,6 +88,6 @@ async def current_principal(
     """Authenticate the bearer token of a protected route."""
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' from POST /login")
-    principal = get_services(request).tokens.verify(credentials.credentials)
+    principal = request.app.state.services.tokens.verify(credentials.credentials)
     structlog.contextvars.bind_contextvars(user_id=principal.user_id)
     return principal

@@ -40,12 +40,12 @@ class AccountStore:
             raise Conflict(f"username {username!r} is already taken; choose another one") from exc
 
     async def find_user(self, username: str) -> User | None:
-        async with self.db.reading() as connection:
-            row = (
-                await connection.execute(
-                    select(users.c.id, users.c.username, users.c.password_hash).where(users.c.username == username)
-                )
-            ).first()
+        statement = select(users.c.id, users.c.username, users.c.password_hash).where(users.c.username == username)
+
+        async def operation(connection):
+            return (await connection.execute(statement)).first()
+
+        row = await self.db.read(operation)
         return User(*row) if row else None
 
     async def get_or_create_setting(self, name: str, candidate: str) -> tuple[str, bool]:

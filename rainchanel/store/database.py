@@ -98,9 +98,19 @@ class Database:
 
     async def run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run operation in a transaction, again after a deadlock or a dropped connection."""
+        return await self._with_retries(operation, self.transaction)
+
+    async def read(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run a read-only operation, again after a dropped connection."""
+        return await self._with_retries(operation, self.reading)
+
+    async def _with_retries(self, operation, open_connection) -> T:
+        # A connection the database server dropped fails on first use; the
+        # pool then discards every connection it holds, so the next attempt
+        # gets a fresh one. This replaces a ping before every checkout.
         for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
             try:
-                async with self.transaction() as connection:
+                async with open_connection() as connection:
                     return await operation(connection)
             except DBAPIError as exc:
                 if attempt == MAX_TRANSACTION_ATTEMPTS or not _is_transient(exc):
@@ -112,8 +122,7 @@ class Database:
     async def ping(self) -> None:
         """Raise ServiceUnavailable unless a trivial query succeeds."""
         try:
-            async with self.reading() as connection:
-                await connection.exec_driver_sql("SELECT 1")
+            await self.read(lambda connection: connection.exec_driver_sql("SELECT 1"))
         except (DBAPIError, OSError) as exc:
             raise ServiceUnavailable(f"database unreachable: {_error_summary(exc)}") from exc
 
@@ -124,14 +133,13 @@ def _create_engine(url: str, pool_size: int) -> AsyncEngine:
         _configure_sqlite(engine)
         return engine
 
-    # pool_pre_ping replaces a pooled connection that died (server restart,
-    # wait_timeout) instead of handing it to a request.
+    # Dead pooled connections are replaced by Database._with_retries; the
+    # recycle age keeps connections younger than MySQL's wait_timeout.
     connect_args = {"charset": "utf8mb4"}
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args=connect_args,
     )

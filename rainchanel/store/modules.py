@@ -71,9 +71,8 @@ class ModuleStore:
     async def exists(self, sha256: str) -> bool:
         if self.cache.get(sha256) is not None:
             return True
-        async with self.db.reading() as connection:
-            found = await connection.scalar(select(modules.c.size_bytes).where(modules.c.sha256 == sha256))
-        return found is not None
+        statement = select(modules.c.size_bytes).where(modules.c.sha256 == sha256)
+        return await self.db.read(lambda connection: connection.scalar(statement)) is not None
 
     async def load_many(self, connection: AsyncConnection, hashes: set[str]) -> dict[str, tuple[bytes, str]]:
         """Return (bytes, base64 text) for each hash, from the cache or the database."""
@@ -92,6 +91,8 @@ class ModuleStore:
         return found
 
     async def load(self, sha256: str) -> bytes | None:
-        async with self.db.reading() as connection:
-            entry = (await self.load_many(connection, {sha256})).get(sha256)
+        """Return the module's bytes, from the cache when it has them."""
+        entry = self.cache.get(sha256)
+        if entry is None:
+            entry = (await self.db.read(lambda connection: self.load_many(connection, {sha256}))).get(sha256)
         return entry[0] if entry else None

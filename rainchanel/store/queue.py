@@ -570,8 +570,7 @@ class TaskQueue:
     # --- reading -------------------------------------------------------------
 
     async def get_task(self, task_id: int, owner_id: int) -> TaskRecord:
-        async with self.db.reading() as connection:
-            records = await self._load_records(connection, [task_id])
+        records = await self.db.read(lambda connection: self._load_records(connection, [task_id]))
         record = records.get(task_id)
         if record is None or record.owner_id != owner_id:
             raise NotFound(f"task {task_id} not found")
@@ -600,11 +599,12 @@ class TaskQueue:
         return {row.id: _record(row) for row in rows}
 
     async def count_by_status(self) -> dict[str, int]:
-        async with self.db.reading() as connection:
-            rows = await connection.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))
-            counts = {status.value: 0 for status in ALL_STATUSES}
-            for status, count in rows:
-                counts[status] = count
+        async def operation(connection):
+            return (await connection.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))).all()
+
+        counts = {status.value: 0 for status in ALL_STATUSES}
+        for status, count in await self.db.read(operation):
+            counts[status] = count
         return counts
 
 

@@ -5,6 +5,7 @@ import json
 import time
 
 import jwt
+import pytest
 
 from tests.server.api import register_and_login
 from tests.server.conftest import TEST_SECRET
@@ -108,3 +109,20 @@ async def test_issued_token_claims(client):
     assert isinstance(claims["iat"], int)
     assert claims["exp"] > claims["iat"]
     assert abs(claims["iat"] - time.time()) < 60
+
+
+def test_token_cached_verification_still_expires():
+    from rainchanel.errors import Unauthorized
+    from rainchanel.server.auth import TokenService
+
+    service = TokenService(TEST_SECRET, expires_seconds=60, leeway_seconds=0)
+    now = int(time.time())
+    token = jwt.encode(
+        {"sub": "7", "user_id": 7, "username": "cached", "iat": now, "exp": now + 1}, TEST_SECRET, algorithm="HS256"
+    )
+    first = service.verify(token)
+    time.sleep(2.1)
+
+    with pytest.raises(Unauthorized):
+        service.verify(token)
+    assert first.user_id == 7
