@@ -1,9 +1,13 @@
 """The `rainchanel` command line: server, migrations, worker and client commands."""
 
+import errno
 import json
 import os
 import secrets
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 
 from rainchanel import __version__
 from rainchanel.client import DEFAULT_SERVER_URL, MAX_FETCH_BATCH, MAX_WAIT_SECONDS, ApiError, RainChanelClient
@@ -77,8 +82,14 @@ RESULTS_WAIT_SECONDS = 20.0
 PROGRESS_LINE_INTERVAL_SECONDS = 2.0
 
 server_option = click.option(
-    "--server", envvar="RAINCHANEL_SERVER", default=DEFAULT_SERVER_URL, show_default=True,
+    "--server", envvar="RAINCHANEL_SERVER", default=DEFAULT_SERVER_URL, show_default=True, metavar="URL",
     help="Base URL of the RainChanel server [env: RAINCHANEL_SERVER].",
+)
+
+# For commands that use the saved login: its server is the default.
+logged_in_server_option = click.option(
+    "--server", envvar="RAINCHANEL_SERVER", metavar="URL",
+    help="Base URL of the RainChanel server (default: the server of the saved login) [env: RAINCHANEL_SERVER].",
 )
 
 
@@ -95,7 +106,7 @@ def read_private_json(name: str) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise CliError(f"cannot read {path}: {exc}; delete it and log in again") from exc
+        raise CliError(f"cannot read {path}: {exc}; fix the file, or move it away and log in again") from exc
 
 
 def write_private_json(name: str, data: dict[str, Any]) -> Path:
@@ -120,20 +131,45 @@ def save_login(server: str, login: dict[str, Any]) -> Path:
     })
 
 
-def logged_in_client() -> RainChanelClient:
-    """Return a client for the saved server and token ($RAINCHANEL_SERVER and $RAINCHANEL_TOKEN override them)."""
+def logged_in_client(server: str | None) -> RainChanelClient:
+    """Return a client for `server` (default: the saved one) with the saved token, or $RAINCHANEL_TOKEN.
+
+    Raises CliError when there is no token, or when the saved token belongs to
+    a server other than `server`, because that server would reject it and
+    should not see it.
+    """
     saved = read_private_json(CONFIG_FILE)
-    server = os.environ.get("RAINCHANEL_SERVER") or saved.get("server") or DEFAULT_SERVER_URL
-    token = os.environ.get("RAINCHANEL_TOKEN") or saved.get("token")
+    saved_server = saved.get("server") or DEFAULT_SERVER_URL
+    server = server or saved_server
+    token = os.environ.get("RAINCHANEL_TOKEN")
+    if token:
+        return RainChanelClient(server, token=token)
+
+    token = saved.get("token")
     if not token:
         raise CliError("not logged in; run: rainchanel login")
+    if server.rstrip("/") != saved_server.rstrip("/"):
+        raise CliError(f"the saved login is for {saved_server}, not {server}; run: rainchanel login --server {server}")
     return RainChanelClient(server, token=token)
+
+
+def describe_saved_login() -> str:
+    """Return "account NAME on URL" for the CLI's saved login, or "no account" when there is none."""
+    saved = read_private_json(CONFIG_FILE)
+    if not saved.get("token"):
+        return "no account"
+    return f"account {saved.get('username') or '(unknown name)'} on {saved.get('server') or DEFAULT_SERVER_URL}"
 
 
 def api_error(exc: ApiError) -> CliError:
     """Turn an ApiError into a one-line CLI error with the next step when there is one."""
     if exc.status == 401 and exc.path not in ("/login", "/register"):
         return CliError(f"{exc.message}; log in again with: rainchanel login")
+    if exc.status is None and isinstance(exc.__cause__, httpx.ConnectError):
+        return CliError(
+            f"{exc.message}; is the server running? Start one with `rainchanel dev` or `rainchanel serve`, "
+            "or give the URL of a running one with --server"
+        )
     return CliError(exc.message)
 
 
@@ -141,39 +177,81 @@ def api_error(exc: ApiError) -> CliError:
 
 @main.command()
 @server_option
-@click.option("--username", envvar="RAINCHANEL_USERNAME", prompt=True, help="Account name [env: RAINCHANEL_USERNAME].")
+@click.option("--username", envvar="RAINCHANEL_USERNAME", prompt=True, help="Account name; prompted for when missing [env: RAINCHANEL_USERNAME].")
 @click.option(
     "--password", envvar="RAINCHANEL_PASSWORD", prompt=True, hide_input=True, confirmation_prompt=True,
     help="Account password; prompted for when missing [env: RAINCHANEL_PASSWORD].",
 )
-def register(server: str, username: str, password: str) -> None:
-    """Create an account on the server and log in to it."""
+@click.option(
+    "--no-login", is_flag=True,
+    help="Only create the account and keep the CLI's saved login, for example for a worker account.",
+)
+def register(server: str, username: str, password: str, no_login: bool) -> None:
+    """Create an account on the server and log the CLI in to it.
+
+    The CLI then uses the new account for submit, status and results, unless
+    --no-login is given.
+    """
     with RainChanelClient(server) as client:
         try:
             client.register(username, password)
-            login_data = client.login(username, password)
+            login_data = None if no_login else client.login(username, password)
         except ApiError as exc:
             raise api_error(exc) from exc
+    if login_data is None:
+        click.echo(f"registered {username} on {server}; the CLI still uses {describe_saved_login()}")
+        return
     path = save_login(server, login_data)
-    click.echo(f"registered and logged in as {username} on {server} (token saved in {path})")
+    click.echo(f"registered {username} on {server}; the CLI now uses this account (token saved in {path})")
 
 
 @main.command()
-@server_option
-@click.option("--username", envvar="RAINCHANEL_USERNAME", prompt=True, help="Account name [env: RAINCHANEL_USERNAME].")
 @click.option(
-    "--password", envvar="RAINCHANEL_PASSWORD", prompt=True, hide_input=True,
-    help="Account password; prompted for when missing [env: RAINCHANEL_PASSWORD].",
+    "--server", envvar="RAINCHANEL_SERVER", metavar="URL",
+    help=f"Base URL of the RainChanel server (default: {DEFAULT_SERVER_URL}, or with --dev the server "
+    "that `rainchanel dev` last started) [env: RAINCHANEL_SERVER].",
 )
-def login(server: str, username: str, password: str) -> None:
-    """Log in and save the server URL and token for the other commands."""
+@click.option("--username", envvar="RAINCHANEL_USERNAME", help="Account name; prompted for when missing [env: RAINCHANEL_USERNAME].")
+@click.option("--password", envvar="RAINCHANEL_PASSWORD", help="Account password; prompted for when missing [env: RAINCHANEL_PASSWORD].")
+@click.option(
+    "--dev", "dev_account", is_flag=True,
+    help="Log in as the CLI account of `rainchanel dev`, whose random password is kept in dev.json in the config directory.",
+)
+def login(server: str | None, username: str | None, password: str | None, dev_account: bool) -> None:
+    """Log in and save the server URL and token for the other commands.
+
+    The saved login replaces the previous one: submit, status and results
+    then use this account.
+    """
+    if dev_account:
+        server, username, password = dev_login_details(server)
+    else:
+        server = server or DEFAULT_SERVER_URL
+        username = username or click.prompt("Username")
+        password = password or click.prompt("Password", hide_input=True)
+
     with RainChanelClient(server) as client:
         try:
             login_data = client.login(username, password)
         except ApiError as exc:
             raise api_error(exc) from exc
     path = save_login(server, login_data)
-    click.echo(f"logged in as {username} on {server} (token saved in {path})")
+    click.echo(f"logged in as {username} on {server}; the CLI now uses this account (token saved in {path})")
+
+
+def dev_login_details(server: str | None) -> tuple[str, str, str]:
+    """Return the server URL, username and password of the CLI account that `rainchanel dev` created.
+
+    `server` overrides the URL saved by the last `rainchanel dev`.
+    """
+    context = click.get_current_context()
+    for name in ("username", "password"):
+        if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"--dev and --{name} cannot be used together: --dev logs in as the account in dev.json")
+    state = read_private_json(DEV_STATE_FILE)
+    if not state.get("cli_username") or not state.get("cli_password"):
+        raise CliError(f"no `rainchanel dev` account found in {config_dir() / DEV_STATE_FILE}; start one with: rainchanel dev")
+    return server or state.get("server_url") or DEFAULT_SERVER_URL, state["cli_username"], state["cli_password"]
 
 
 # Tasks
@@ -182,28 +260,43 @@ def login(server: str, username: str, password: str) -> None:
 @click.argument("module_path", metavar="MODULE.wasm", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("func")
 @click.argument("args", nargs=-1)
-@click.option("--stdin", "stdin_file", type=click.File("r"), help="File whose text is the program's standard input (WASI).")
+@click.option(
+    "--stdin", "stdin_file", type=click.File("r"), metavar="FILENAME",
+    help="File whose text is the program's standard input (WASI); - reads this command's standard input.",
+)
 @click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment variable for the program (WASI); repeatable.")
 @click.option("--timeout", "timeout_seconds", type=click.IntRange(min=1), help="Seconds one attempt may run (default: the server's).")
 @click.option("--retries", "max_retries", type=click.IntRange(min=0), help="Retries after a failed attempt (default: the server's).")
-@click.option("--wait", is_flag=True, help="Wait until the task finishes and print its result as JSON.")
+@click.option(
+    "--wait", is_flag=True,
+    help="Wait until the task finishes and print its result as JSON. This reads the task's status and "
+    "does not deliver the result, so `rainchanel results` prints it too.",
+)
+@logged_in_server_option
 def submit(
     module_path: Path, func: str, args: tuple[str, ...], stdin_file, env_pairs: tuple[str, ...],
-    timeout_seconds: int | None, max_retries: int | None, wait: bool,
+    timeout_seconds: int | None, max_retries: int | None, wait: bool, server: str | None,
 ) -> None:
-    """Publish a task calling FUNC of MODULE.wasm; print its id or, with --wait, its result.
+    """Publish a task that calls FUNC of MODULE.wasm.
+
+    Prints the task id, or with --wait the task's result.
 
     ARGS are converted to the types of FUNC's parameters, read from the
     module: "7" for an i32 is 7, "1.5" for an f64 is 1.5. For a WASI
     command's _start, ARGS are the program's argv strings.
-    Use -- before negative numbers, as in: submit math.wasm add -- -2 3.
+
+    Every word after -- is an argument, even one that starts with a dash, so
+    negative numbers need --, and options must come before it:
+
+    \b
+        rainchanel submit --wait examples/math.wasm add -- -2 3
     """
     module = module_path.read_bytes()
     typed_args = type_arguments(module, func, args)
     env = parse_env(env_pairs)
     stdin = stdin_file.read() if stdin_file is not None else None
 
-    with logged_in_client() as client:
+    with logged_in_client(server) as client:
         try:
             module_ref = upload_module(client, module)
             task_id = client.publish(
@@ -218,7 +311,8 @@ def submit(
             raise api_error(exc) from exc
 
     if task["status"] == "failed":
-        raise CliError(f"task {task_id} failed after {task.get('attempts')} attempt(s): {task.get('last_error')}")
+        attempts = plural(task.get("attempts") or 0, "attempt")
+        raise CliError(f"task {task_id} failed after {attempts}: {task.get('last_error')}")
     click.echo(json.dumps(task.get("result")))
 
 
@@ -248,11 +342,34 @@ def type_arguments(module: bytes, func: str, args: tuple[str, ...]) -> list[Any]
         signature = info.functions.get(func)
         if signature is None or (func == WASI_COMMAND_ENTRY and info.is_wasi):
             return check_call(info, func, list(args))
+        check_argument_count(func, signature.params, args)
         typed = [parse_wasm_value(index, wasm_type, text) for index, (wasm_type, text) in enumerate(zip(signature.params, args))]
         typed.extend(args[len(signature.params):])
         return check_call(info, func, typed)
     except RainChanelError as exc:
         raise CliError(exc.message) from exc
+
+
+def check_argument_count(func: str, params: tuple[str, ...] | list[str], args: tuple[str, ...]) -> None:
+    """Raise CliError naming the missing parameters or the extra values when the counts differ."""
+    if len(args) == len(params):
+        return
+    expected = f"function {func!r} takes {plural(len(params), 'argument')} ({', '.join(params) or 'none'}) but got {len(args)}"
+    if len(args) < len(params):
+        missing = [f"{index} ({wasm_type})" for index, wasm_type in enumerate(params) if index >= len(args)]
+        noun = "argument" if len(missing) == 1 else "arguments"
+        raise CliError(f"{expected}; missing {noun} {', '.join(missing)}")
+
+    extra = args[len(params):]
+    noun = "value" if len(extra) == 1 else "values"
+    message = f"{expected}; extra {noun}: {' '.join(shlex.quote(value) for value in extra)}"
+    if any(value.startswith("-") for value in extra):
+        message += "; every word after -- is an argument, so put options such as --wait before MODULE.wasm"
+    raise CliError(message)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def parse_wasm_value(index: int, wasm_type: str, text: str) -> Any:
@@ -296,9 +413,13 @@ def wait_for_task(client: RainChanelClient, task_id: int) -> dict[str, Any]:
 
 @main.command()
 @click.argument("task_id", type=int)
-def status(task_id: int) -> None:
-    """Print the state of one of your tasks as JSON."""
-    with logged_in_client() as client:
+@logged_in_server_option
+def status(task_id: int, server: str | None) -> None:
+    """Print the state of one of your tasks as JSON.
+
+    TASK_ID is the number that `rainchanel submit` printed.
+    """
+    with logged_in_client(server) as client:
         try:
             task = client.get_task(task_id)
         except ApiError as exc:
@@ -307,13 +428,17 @@ def status(task_id: int) -> None:
 
 
 @main.command()
-@click.option("--wait", is_flag=True, help="Wait until COUNT results have been delivered (COUNT defaults to 1).")
+@click.option("--wait", is_flag=True, help="Wait until --count results (default: 1) have been delivered.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many results.")
-def results(wait: bool, count: int | None) -> None:
+@logged_in_server_option
+def results(wait: bool, count: int | None, server: str | None) -> None:
     """Print your undelivered results as JSON lines, oldest first.
 
-    The server delivers each result once: a printed result is not printed by
-    a later call. Without --wait, the command exits when none is left.
+    The server delivers each result once, so a result that this command
+    printed is not printed by a later call. `submit --wait` only reads the
+    task's status and does not deliver the result, so this command prints
+    that result as well. Without --wait, the command exits when no
+    undelivered result is left.
     """
     if wait and count is None:
         count = 1
@@ -321,7 +446,7 @@ def results(wait: bool, count: int | None) -> None:
     delivered = 0
     delay = POLL_INITIAL_SECONDS
     wait_seconds = RESULTS_WAIT_SECONDS if wait else 0
-    with logged_in_client() as client:
+    with logged_in_client(server) as client:
         while count is None or delivered < count:
             batch_size = MAX_FETCH_BATCH if count is None else min(MAX_FETCH_BATCH, count - delivered)
             requested_at = time.monotonic()
@@ -396,9 +521,9 @@ def worker(
     server: str, username: str, password: str, concurrency: int, memory_limit_mib: int, fuel: int | None,
     grace_seconds: float, claim_wait_seconds: float, legacy_routes: bool,
 ) -> None:
-    """Claim tasks from the server and run them until SIGTERM or SIGINT.
+    """Claim tasks from the server and run them until stopped.
 
-    By default the worker long-polls for batches of tasks, downloads each
+    The worker stops on SIGTERM or SIGINT. By default the worker long-polls for batches of tasks, downloads each
     module once by its SHA-256 and reports outcomes in batches.
 
     Logs go to stderr; LOG_FORMAT (console or json) and LOG_LEVEL (debug,
@@ -419,10 +544,19 @@ def worker(
     try:
         Worker(settings).run()
     except ApiError as exc:
-        raise CliError(f"worker cannot start: {exc.message}") from exc
+        if exc.status == 401:
+            raise CliError(
+                f"worker cannot log in to {server} as {username!r}: {exc.message}; check --username and --password "
+                f"(RAINCHANEL_USERNAME, RAINCHANEL_PASSWORD), or create the account with: "
+                f"rainchanel register --no-login --server {server}"
+            ) from exc
+        raise CliError(f"worker cannot start on {server} as {username!r}: {exc.message}") from exc
 
 
 # Local development
+
+DEV_HOST = "127.0.0.1"
+
 
 @main.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="TCP port of the local server.")
@@ -432,17 +566,20 @@ def dev(port: int, concurrency: int) -> None:
 
     The server keeps its SQLite database in the current directory and listens
     on 127.0.0.1 only. The worker and CLI accounts, their random passwords and
-    the JWT secret (unless JWT_SECRET is set) are kept in the config
-    directory. Ctrl-C stops the worker, then the server.
+    the JWT secret (unless JWT_SECRET is set) are kept in dev.json in the
+    config directory. After `login` or `register` as another account,
+    `rainchanel login --dev` logs the CLI back in to the dev account.
+    Ctrl-C stops the worker, then the server.
     """
-    state = load_dev_state()
-    server_url = f"http://127.0.0.1:{port}"
+    check_port_free(DEV_HOST, port)
+    server_url = f"http://{DEV_HOST}:{port}"
+    state = load_dev_state(server_url)
     env = dict(os.environ, JWT_SECRET=os.environ.get("JWT_SECRET") or state["jwt_secret"])
     env.pop("RAINCHANEL_PASSWORD", None)
 
     processes: list[subprocess.Popen] = []
     try:
-        server_process = start_child(["serve", "--host", "127.0.0.1", "--port", str(port)], env)
+        server_process = start_child(["serve", "--host", DEV_HOST, "--port", str(port)], env)
         processes.append(server_process)
         wait_for_server(server_url, server_process)
         ensure_account(server_url, state["worker_username"], state["worker_password"])
@@ -455,9 +592,7 @@ def dev(port: int, concurrency: int) -> None:
             RAINCHANEL_PASSWORD=state["worker_password"],
         )
         processes.insert(0, start_child(["worker", "--concurrency", str(concurrency)], worker_env))
-        click.echo(f"RainChanel is running on {server_url} with one worker; the CLI is logged in as {state['cli_username']}.")
-        click.echo("Try: rainchanel submit examples/math.wasm add 2 3 --wait")
-        click.echo("Press Ctrl-C to stop.")
+        print_dev_banner(server_url, state["cli_username"])
         wait_for_exit(processes)
     except ApiError as exc:
         raise api_error(exc) from exc
@@ -465,8 +600,61 @@ def dev(port: int, concurrency: int) -> None:
         stop_children(processes)
 
 
-def load_dev_state() -> dict[str, str]:
-    """Return the local accounts and JWT secret of `rainchanel dev`, creating and saving them once."""
+def check_port_free(host: str, port: int) -> None:
+    """Raise CliError when host:port cannot be bound, for example because another server listens on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # The server sets SO_REUSEADDR as well, so a port held only by closed
+        # connections in TIME_WAIT counts as free, as it does for the server.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(f"{host}:{port} is already in use; stop the other server or pick another port with --port") from exc
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another port with --port") from exc
+
+
+def print_dev_banner(server_url: str, cli_username: str) -> None:
+    command = invoked_command()
+    click.echo(f"RainChanel is running on {server_url} with one worker; the CLI is logged in as {cli_username}.")
+    click.echo(f"Try: {command} submit --wait {example_module()} add 2 3")
+    click.echo(f"After logging in as another account, `{command} login --dev` logs the CLI back in as {cli_username}.")
+    click.echo("Press Ctrl-C to stop.")
+
+
+def invoked_command() -> str:
+    """Return the shell command that runs this CLI as it was started.
+
+    That is "rainchanel" when PATH finds this very script, else the script's
+    path as typed (for example .venv/bin/rainchanel), or "python -m
+    rainchanel.cli" with the running interpreter.
+    """
+    script = sys.argv[0]
+    if script.endswith(".py"):
+        return f"{shlex.quote(sys.executable)} -m rainchanel.cli"
+    on_path = shutil.which("rainchanel")
+    if on_path and Path(on_path).resolve() == Path(script).resolve():
+        return "rainchanel"
+    return shlex.quote(script)
+
+
+def example_module() -> str:
+    """Return a path to examples/math.wasm that works from the current directory, or MODULE.wasm."""
+    relative = Path("examples") / "math.wasm"
+    if relative.is_file():
+        return str(relative)
+    # An editable install or a source checkout keeps examples/ next to the package.
+    in_checkout = Path(__file__).resolve().parent.parent / relative
+    if in_checkout.is_file():
+        return shlex.quote(str(in_checkout))
+    return "MODULE.wasm"
+
+
+def load_dev_state(server_url: str) -> dict[str, str]:
+    """Return the local accounts and JWT secret of `rainchanel dev`, creating and saving them once.
+
+    `server_url` is saved too, so `rainchanel login --dev` finds the server.
+    """
     state = read_private_json(DEV_STATE_FILE)
     defaults = {
         "jwt_secret": lambda: secrets.token_urlsafe(48),
@@ -478,7 +666,8 @@ def load_dev_state() -> dict[str, str]:
     missing = [key for key in defaults if not state.get(key)]
     for key in missing:
         state[key] = defaults[key]()
-    if missing:
+    if missing or state.get("server_url") != server_url:
+        state["server_url"] = server_url
         write_private_json(DEV_STATE_FILE, state)
     return state
 
@@ -516,8 +705,10 @@ def ensure_account(server_url: str, username: str, password: str) -> None:
         except ApiError as exc:
             if exc.status == 401:
                 raise CliError(
-                    f"account {username!r} exists in this database with another password; "
-                    f"delete {config_dir() / DEV_STATE_FILE} and the database, or use another directory"
+                    f"account {username!r} on {server_url} has a password other than the one in "
+                    f"{config_dir() / DEV_STATE_FILE}, so the server's database was set up with another "
+                    "config directory. Run `rainchanel dev` with that directory as RAINCHANEL_CONFIG_DIR, "
+                    "or run it in another working directory to get a new database"
                 ) from exc
             raise
 

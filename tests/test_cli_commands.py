@@ -9,7 +9,7 @@ import pytest
 import wasmtime
 from click.testing import CliRunner
 
-from rainchanel.cli import main, type_arguments, write_private_json
+from rainchanel.cli import invoked_command, main, type_arguments, write_private_json
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MATH_WASM = EXAMPLES / "math.wasm"
@@ -73,7 +73,7 @@ def test_submit_unknown_function_lists_exports(logged_in):
     result = run("submit", str(MATH_WASM), "nope")
 
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: unknown function 'nope': the module does not export it; exported functions: ")
+    assert result.stderr.startswith("error: unknown function 'nope': the module exports no function of that name; exported functions: ")
     assert "add" in result.stderr
     assert result.stderr.count("\n") == 1
 
@@ -89,8 +89,31 @@ def test_submit_rejects_wrong_argument_count(logged_in):
     result = run("submit", str(MATH_WASM), "add", "2")
 
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: ")
-    assert result.stderr.count("\n") == 1
+    assert result.stderr == "error: function 'add' takes 2 arguments (i32, i32) but got 1; missing argument 1 (i32)\n"
+
+
+def test_submit_extra_arguments_are_named(logged_in):
+    result = run("submit", str(MATH_WASM), "add", "2", "3", "4", "x y")
+
+    assert result.exit_code == 1
+    assert result.stderr == "error: function 'add' takes 2 arguments (i32, i32) but got 4; extra values: 4 'x y'\n"
+
+
+def test_submit_option_after_dashes_explained(logged_in):
+    result = run("submit", str(MATH_WASM), "add", "--", "-2", "3", "--wait")
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: function 'add' takes 2 arguments (i32, i32) but got 3; extra value: --wait; "
+        "every word after -- is an argument, so put options such as --wait before MODULE.wasm\n"
+    )
+
+
+def test_submit_help_negative_number_example():
+    # The form that `submit --help` shows: options, then -- before the arguments.
+    assert type_arguments(MATH_WASM.read_bytes(), "add", ("-2", "3")) == [-2, 3]
+    result = run("submit", "--help")
+    assert "rainchanel submit --wait examples/math.wasm add -- -2 3" in result.stdout
 
 
 def test_submit_rejects_out_of_range_i32(logged_in):
@@ -123,6 +146,38 @@ def test_submit_unreachable_server_fails(logged_in):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: cannot reach http://127.0.0.1:")
     assert result.stderr.count("\n") == 1
+    assert "is the server running? Start one with `rainchanel dev` or `rainchanel serve`" in result.stderr
+
+
+def test_submit_server_option_needs_matching_login(logged_in, monkeypatch):
+    other = f"http://127.0.0.1:{closed_port()}"
+
+    by_option = run("submit", "--server", other, str(MATH_WASM), "add", "2", "3")
+    monkeypatch.setenv("RAINCHANEL_SERVER", other)
+    by_env = run("status", "1")
+
+    assert by_option.exit_code == 1
+    assert by_option.stderr.startswith("error: the saved login is for http://127.0.0.1:")
+    assert by_option.stderr.endswith(f", not {other}; run: rainchanel login --server {other}\n")
+    assert by_env.stderr == by_option.stderr
+
+
+def test_token_env_allows_any_server(logged_in, monkeypatch):
+    monkeypatch.setenv("RAINCHANEL_TOKEN", "t2")
+    port = closed_port()
+
+    result = run("results", "--server", f"http://127.0.0.1:{port}")
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: cannot reach http://127.0.0.1:{port}")
+
+
+def test_client_commands_document_server_option():
+    for command in ("submit", "status", "results", "login", "register", "worker"):
+        result = run(command, "--help")
+
+        assert "--server URL" in result.stdout, command
+        assert "RAINCHANEL_SERVER" in result.stdout, command
 
 
 def test_login_unreachable_server_fails(config_dir):
@@ -150,3 +205,76 @@ def test_worker_requires_credentials(monkeypatch):
 
     assert result.exit_code == 2
     assert "Missing option '--username'" in result.stderr
+
+
+def test_command_list_shows_whole_summaries():
+    result = run("--help")
+
+    commands = result.stdout.split("Commands:\n", 1)[1]
+    assert result.exit_code == 0
+    assert "..." not in commands
+    assert "submit    Publish a task that calls FUNC of MODULE.wasm." in result.stdout
+
+
+def test_help_texts_name_real_options():
+    results_help = run("results", "--help").stdout
+    submit_help = run("submit", "--help").stdout
+    status_help = run("status", "--help").stdout
+
+    assert "COUNT" not in results_help
+    assert "Wait until --count results (default: 1)" in results_help
+    assert "does not deliver the result" in " ".join(results_help.split())
+    assert "- reads this command's standard input" in " ".join(submit_help.split())
+    assert "TASK_ID is the number that `rainchanel submit` printed." in status_help
+
+
+def test_register_help_offers_no_login():
+    result = run("register", "--help")
+
+    assert "--no-login" in result.stdout
+
+
+def test_dev_port_in_use_fails(config_dir):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        result = run("dev", "--port", str(port))
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: 127.0.0.1:{port} is already in use; stop the other server or pick another port with --port\n"
+    )
+    assert not (config_dir / "dev.json").exists()
+
+
+def test_login_dev_without_dev_state_fails(config_dir):
+    result = run("login", "--dev")
+
+    assert result.exit_code == 1
+    assert result.stderr == f"error: no `rainchanel dev` account found in {config_dir / 'dev.json'}; start one with: rainchanel dev\n"
+
+
+def test_login_dev_rejects_username(config_dir):
+    result = run("login", "--dev", "--username", "ann")
+
+    assert result.exit_code == 2
+    assert "--dev and --username cannot be used together" in result.stderr
+
+
+def test_invoked_command_follows_argv(monkeypatch, tmp_path):
+    script = tmp_path / "bin" / "rainchanel"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("sys.argv", [str(script)])
+    assert invoked_command() == str(script)
+
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert invoked_command() == "rainchanel"
+
+    monkeypatch.setattr("sys.argv", ["/src/rainchanel/cli.py"])
+    assert invoked_command().endswith(" -m rainchanel.cli")

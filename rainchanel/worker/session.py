@@ -104,7 +104,7 @@ class ServerSession:
         while True:
             try:
                 self._ensure_token()
-                return request(self.client)
+                response = request(self.client)
             except ApiError as exc:
                 if exc.status == 401:
                     self._forget_token()
@@ -112,13 +112,17 @@ class ServerSession:
                     raise
                 failures += 1
                 delay = backoff.next_delay()
-                # The first failure and then every tenth are logged, so an
-                # unreachable server does not flood the log.
-                if failures == 1 or failures % 10 == 0:
-                    log.warning(
-                        "request_retrying", action=action, error=str(exc), status=exc.status,
-                        failures=failures, delay_seconds=round(delay, 2), **fields,
-                    )
+                # Every retry is logged, with the number of the attempt that
+                # failed. The backoff limits this to about one line per
+                # RETRY_MAX_DELAY_SECONDS in each thread while the server is down.
+                log.warning(
+                    "request_retrying", action=action, error=str(exc), status=exc.status,
+                    attempt=failures, delay_seconds=round(delay, 2), **fields,
+                )
+            else:
+                if failures:
+                    log.info("request_succeeded_after_retries", action=action, attempt=failures + 1, **fields)
+                return response
             if self.give_up.wait(delay):
                 raise GaveUp(f"{action} abandoned after {failures} failed attempts")
 
