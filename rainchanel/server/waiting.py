@@ -14,6 +14,8 @@ T = TypeVar("T")
 FIRST_POLL_SECONDS = 0.05
 MAX_POLL_SECONDS = 1.0
 MAX_WAIT_SECONDS = 30
+# How long a batch long poll waits for more work after the first wake-up.
+BATCH_LINGER_SECONDS = 0.01
 
 
 class Signal:
@@ -43,11 +45,14 @@ async def fetch_or_wait(
     signal: Signal,
     wait_seconds: float,
     disconnected: Callable[[], Awaitable[bool]],
+    linger_seconds: float = 0,
 ) -> list[T]:
     """Call fetch until it returns something, wait_seconds pass or the client goes away.
 
     The caller must still check disconnected() after a fetch that returned
     something, and undo it, because the client can leave during the fetch.
+    After a wake-up, linger_seconds pass before the next fetch so that a
+    batch request collects the work that arrives in a burst, not its first item.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
@@ -65,4 +70,6 @@ async def fetch_or_wait(
         if items or remaining <= 0:
             return items
         await _wait(event, min(poll_seconds, remaining))
+        if linger_seconds and event.is_set():
+            await asyncio.sleep(min(linger_seconds, max(0.0, deadline - loop.time())))
         poll_seconds = min(poll_seconds * 2, MAX_POLL_SECONDS)

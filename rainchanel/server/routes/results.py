@@ -13,7 +13,7 @@ from rainchanel.server.envelope import ok
 from rainchanel.server.schemas import FailureReport, ResultReport
 from rainchanel.server.services import Services, current_principal, get_services
 from rainchanel.store.clock import to_rfc3339
-from rainchanel.server.waiting import MAX_WAIT_SECONDS, fetch_or_wait
+from rainchanel.server.waiting import BATCH_LINGER_SECONDS, MAX_WAIT_SECONDS, fetch_or_wait
 from rainchanel.store.queue import Outcome, Report, TaskRecord
 from rainchanel.store.status import TERMINAL_STATUSES, TaskStatus
 
@@ -128,6 +128,7 @@ async def get_results(
         services.result_signal,
         wait,
         request.is_disconnected,
+        linger_seconds=BATCH_LINGER_SECONDS if max else 0,
     )
     if records and wait and await request.is_disconnected():
         # The client left during the delivery; keep the results for its next request.

@@ -9,10 +9,10 @@ from rainchanel.server.envelope import ok
 from rainchanel.server.schemas import LeaseRequest, PublishRequest, TaskDraft
 from rainchanel.server.services import Services, current_principal, get_services
 from rainchanel.server.validation import decode_module
-from rainchanel.server.waiting import MAX_WAIT_SECONDS, fetch_or_wait
+from rainchanel.server.waiting import BATCH_LINGER_SECONDS, MAX_WAIT_SECONDS, fetch_or_wait
 from rainchanel.store.clock import to_rfc3339
 from rainchanel.store.queue import ClaimedTask, NewTask
-from rainchanel.wasm.inspect import check_call
+from rainchanel.wasm.inspect import ModuleInfo, check_call
 
 log = structlog.get_logger("rainchanel.tasks")
 router = APIRouter()
@@ -31,8 +31,9 @@ async def publish(
     if (body.task is None) == (body.tasks is None):
         raise InvalidRequest('send either "task" (one task) or "tasks" (a list), not both or neither')
 
+    modules = ModuleResolver(services)
     if body.task is not None:
-        new_task = await _prepare(body.task, principal, services)
+        new_task = await _prepare(body.task, principal, services, modules)
         task_ids = await services.queue.publish([new_task])
         _record_published(services, task_ids, principal)
         return ok({"task_id": task_ids[0]})
@@ -43,7 +44,7 @@ async def publish(
     new_tasks = []
     for index, draft in enumerate(drafts):
         try:
-            new_tasks.append(await _prepare(draft, principal, services))
+            new_tasks.append(await _prepare(draft, principal, services, modules))
         except RainChanelError as exc:
             # All or nothing: name the first bad task and store none.
             exc.message = f"tasks[{index}]: {exc.message}"
@@ -53,11 +54,27 @@ async def publish(
     return ok({"task_ids": task_ids})
 
 
-async def _prepare(draft: TaskDraft, principal: Principal, services: Services) -> NewTask:
+class ModuleResolver:
+    """Resolves the modules of one publish request, each distinct one once."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._resolved: dict[tuple[str | None, str | None], tuple[bytes, str, ModuleInfo]] = {}
+
+    async def resolve(self, draft: TaskDraft) -> tuple[bytes, str, ModuleInfo]:
+        """Return the draft's module bytes, SHA-256 and description."""
+        key = (draft.wasm_module, draft.module)
+        if key not in self._resolved:
+            wasm, known_sha256 = await _module_bytes(draft, self.services)
+            sha256, info = await self.services.validator.validate(wasm, known_sha256)
+            self._resolved[key] = (wasm, sha256, info)
+        return self._resolved[key]
+
+
+async def _prepare(draft: TaskDraft, principal: Principal, services: Services, modules: ModuleResolver) -> NewTask:
     """Validate one draft against the module and the server's limits."""
     task_settings = services.settings.task
-    wasm = await _module_bytes(draft, services)
-    sha256, info = await services.validator.validate(wasm)
+    wasm, sha256, info = await modules.resolve(draft)
     args = check_call(info, draft.func, draft.args)
 
     timeout_seconds = _within(
@@ -83,11 +100,12 @@ async def _prepare(draft: TaskDraft, principal: Principal, services: Services) -
     )
 
 
-async def _module_bytes(draft: TaskDraft, services: Services) -> bytes:
+async def _module_bytes(draft: TaskDraft, services: Services) -> tuple[bytes, str | None]:
+    """Return the module's bytes, and its SHA-256 when the draft named it by hash."""
     if (draft.wasm_module is None) == (draft.module is None):
         raise InvalidRequest('give the module either inline as "wasm_module" (base64) or as "module": "sha256:<hex>"')
     if draft.wasm_module is not None:
-        return decode_module(draft.wasm_module, services.settings.limits.max_module_bytes)
+        return decode_module(draft.wasm_module, services.settings.limits.max_module_bytes), None
 
     reference = draft.module or ""
     sha256 = reference.removeprefix(MODULE_REFERENCE_PREFIX).lower()
@@ -96,7 +114,7 @@ async def _module_bytes(draft: TaskDraft, services: Services) -> bytes:
     wasm = await services.modules.load(sha256)
     if wasm is None:
         raise NotFound(f"module {reference} not found; upload it with POST /modules first")
-    return wasm
+    return wasm, sha256
 
 
 def _within(name: str, value: int | None, default: int, low: int, high: int) -> int:
@@ -128,6 +146,7 @@ async def claim(
         services.task_signal,
         wait,
         request.is_disconnected,
+        linger_seconds=BATCH_LINGER_SECONDS if max else 0,
     )
     if claimed and wait and await request.is_disconnected():
         # The long poll's client left while its claim ran; hand the tasks
