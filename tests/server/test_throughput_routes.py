@@ -205,3 +205,14 @@ async def test_long_poll_abandoned_claim_leaves_task(tmp_path):
     assert task is not None, "the task was not left leased to the abandoned request"
     assert task["id"] == task_id
     assert task["attempt"] == 1
+
+
+async def test_batch_publish_ids_follow_request_order(client, owner):
+    drafts = [{"wasm_module": module_base64("add.wasm"), "func": "add", "args": [i, 100]} for i in range(7)]
+
+    response = await client.post("/tasks", json={"tasks": drafts}, headers=owner["headers"])
+
+    task_ids = response.json()["data"]["task_ids"]
+    for index, task_id in enumerate(task_ids):
+        task = (await client.get(f"/tasks/{task_id}", headers=owner["headers"])).json()["data"]["task"]
+        assert task["args"] == [index, 100]
