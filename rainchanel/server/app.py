@@ -38,13 +38,15 @@ def create_app(settings: Settings, migrate: bool = True, metrics: Metrics | None
                 services.queue, metrics, settings.task.stale_check_interval_seconds, services.result_signal
             )
         )
+        relays = [asyncio.create_task(signal.relay_shared()) for signal in (services.task_signal, services.result_signal)]
         log.info("server_started", version=__version__, database=services.db.engine.dialect.name)
         try:
             yield
         finally:
-            reclaimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reclaimer
+            for background in (reclaimer, *relays):
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
             await services.close()
             log.info("server_stopped")
 

@@ -11,6 +11,8 @@ import uvicorn
 
 from rainchanel.config import Settings
 from rainchanel.logs import configure_logging
+from rainchanel.server.services import WAKEUP_FILE_VARIABLE, WAKEUP_SLOTS
+from rainchanel.server.waiting import SharedCounters
 from rainchanel.store.migrate import upgrade_database
 
 # The parent hands its resolved settings to each server process through
@@ -41,6 +43,9 @@ def run_server(settings: Settings) -> None:
 
     metrics_dir = _fresh_metrics_directory()
     os.environ[SETTINGS_VARIABLE] = settings.model_dump_json()
+    wakeup_file = metrics_dir / "wakeup.bin"
+    SharedCounters.create(wakeup_file, WAKEUP_SLOTS)
+    os.environ[WAKEUP_FILE_VARIABLE] = str(wakeup_file)
     log.info("server_processes_starting", processes=settings.server.workers, metrics_dir=str(metrics_dir))
     try:
         uvicorn.run(

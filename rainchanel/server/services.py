@@ -1,6 +1,8 @@
 """The objects a running server shares between requests."""
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 from fastapi import Depends, Request
@@ -11,7 +13,7 @@ from rainchanel.errors import Unauthorized
 from rainchanel.server.auth import JWT_SECRET_SETTING, Principal, TokenService, generate_secret
 from rainchanel.server.metrics import Metrics
 from rainchanel.server.validation import ModuleValidator
-from rainchanel.server.waiting import Signal
+from rainchanel.server.waiting import SharedCounters, Signal
 from rainchanel.store.accounts import AccountStore
 from rainchanel.store.database import Database
 from rainchanel.store.modules import ModuleStore
@@ -47,6 +49,7 @@ async def open_services(settings: Settings, metrics: Metrics) -> Services:
     modules = ModuleStore(db)
     backoff = BackoffPolicy(settings.task.retry_backoff_seconds, settings.task.retry_backoff_max_seconds)
     secret = await _jwt_secret(settings, accounts)
+    task_signal, result_signal = _signals()
     return Services(
         settings=settings,
         db=db,
@@ -56,7 +59,21 @@ async def open_services(settings: Settings, metrics: Metrics) -> Services:
         validator=ModuleValidator(),
         tokens=TokenService(secret, settings.jwt.expires_seconds, settings.jwt.leeway_seconds),
         metrics=metrics,
+        task_signal=task_signal,
+        result_signal=result_signal,
     )
+
+
+# Set by `serve --workers N` to the file its processes share wake-ups through.
+WAKEUP_FILE_VARIABLE = "RAINCHANEL_WAKEUP_FILE"
+TASK_SLOT, RESULT_SLOT = 0, 1
+WAKEUP_SLOTS = 2
+
+
+def _signals() -> tuple[Signal, Signal]:
+    path = os.environ.get(WAKEUP_FILE_VARIABLE)
+    shared = SharedCounters(Path(path), WAKEUP_SLOTS) if path else None
+    return Signal(shared, TASK_SLOT), Signal(shared, RESULT_SLOT)
 
 
 async def _jwt_secret(settings: Settings, accounts: AccountStore) -> str:

@@ -1,12 +1,18 @@
 """Long polling: wake waiting requests when work arrives.
 
 A publish (or a recorded outcome) in this process wakes its waiters at once.
-Work recorded by another server process is found by polling the database
-with a bounded backoff, so such a wake-up takes at most about a second.
+The processes of one `serve --workers N` also share a small memory-mapped
+file of counters, watched every few milliseconds, so a publish in one wakes
+the waiters of the others. Work recorded by a server on another host is
+found by polling the database with a bounded backoff, so such a wake-up
+takes at most about a second.
 """
 
 import asyncio
+import mmap
+import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -16,17 +22,64 @@ MAX_POLL_SECONDS = 1.0
 MAX_WAIT_SECONDS = 30
 # How long a batch long poll waits for more work after the first wake-up.
 BATCH_LINGER_SECONDS = 0.01
+# How often each process looks at the counters the other processes bump.
+SHARED_WATCH_SECONDS = 0.005
+COUNTER_FORMAT = "Q"
+COUNTER_BYTES = struct.calcsize(COUNTER_FORMAT)
+
+
+class SharedCounters:
+    """Counters in a memory-mapped file shared by the processes of one server.
+
+    A bump that races another process's bump may be lost, but the value
+    still changes, and a change is all a watcher looks for.
+    """
+
+    def __init__(self, path: Path, slots: int) -> None:
+        with open(path, "r+b") as file:
+            self._map = mmap.mmap(file.fileno(), slots * COUNTER_BYTES)
+
+    @staticmethod
+    def create(path: Path, slots: int) -> None:
+        path.write_bytes(bytes(slots * COUNTER_BYTES))
+
+    def read(self, slot: int) -> int:
+        return struct.unpack_from(COUNTER_FORMAT, self._map, slot * COUNTER_BYTES)[0]
+
+    def bump(self, slot: int) -> None:
+        value = (self.read(slot) + 1) % 2**64
+        struct.pack_into(COUNTER_FORMAT, self._map, slot * COUNTER_BYTES, value)
 
 
 class Signal:
     """A broadcast wake-up: every waiter present when notify() runs returns."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedCounters | None = None, slot: int = 0) -> None:
         self._event = asyncio.Event()
+        self._shared = shared
+        self._slot = slot
 
     def notify(self) -> None:
+        """Wake this process's waiters and, through the shared counter, the other processes'."""
+        self.notify_local()
+        if self._shared is not None:
+            self._shared.bump(self._slot)
+
+    def notify_local(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
+
+    async def relay_shared(self) -> None:
+        """Wake local waiters whenever another process bumps the counter; runs until cancelled."""
+        if self._shared is None:
+            return
+        seen = self._shared.read(self._slot)
+        while True:
+            await asyncio.sleep(SHARED_WATCH_SECONDS)
+            value = self._shared.read(self._slot)
+            if value != seen:
+                seen = value
+                self.notify_local()
 
     def current(self) -> asyncio.Event:
         """The event the next notify() sets; take it before checking for work."""
