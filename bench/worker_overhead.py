@@ -8,6 +8,14 @@ overhead + report, with the claim request reported separately. With batch
 reports, "report" is the time from handing the outcome to the reporter until
 the server accepted it, so it overlaps with later tasks.
 
+Worker CPU per task is psutil's user + system CPU time of the worker process
+from the end of the first task to the end of the last, divided by the tasks
+in between. The first task is left out because it includes start-up, login
+and the module's compilation.
+Tasks per claim and outcomes per report request come from the
+claim_batch_size and report_batch_size fields of task_finished; the figures
+are per task, so a batch of 8 counts 8 times.
+
 Usage: .venv/bin/python bench/worker_overhead.py [TASKS] [CONCURRENCY] [WORKER OPTION...]
 for example: bench/worker_overhead.py 1000 4 --legacy-routes
 """
@@ -23,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from rainchanel.client import ApiError, RainChanelClient
 
@@ -45,6 +55,17 @@ def wait_for_ping(url: str, timeout_seconds: float = 30.0) -> None:
             except ApiError:
                 time.sleep(0.1)
     raise SystemExit(f"server at {url} did not respond within {timeout_seconds} s")
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def wait_until_finished(client: RainChanelClient, task_ids: list[int]) -> None:
+    for task_id in task_ids:
+        while client.get_task(task_id)["status"] not in ("completed", "failed"):
+            time.sleep(0.02)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -87,13 +108,15 @@ def main() -> None:
                         env=worker_env, stdout=log_file, stderr=subprocess.STDOUT,
                     )
                 started = time.monotonic()
-                last_id = task_ids[-1]
-                while client.get_task(last_id)["status"] not in ("completed", "failed"):
-                    time.sleep(0.02)
+                worker_process = psutil.Process(worker.pid)
+                wait_until_finished(client, task_ids[:1])
+                first_finished = time.monotonic()
+                first_cpu = cpu_seconds(worker_process)
                 # Earlier tasks may still be finishing on other slots.
-                while any(client.get_task(t)["status"] not in ("completed", "failed") for t in task_ids[-concurrency:]):
-                    time.sleep(0.02)
+                wait_until_finished(client, [task_ids[-1], *task_ids[-concurrency:]])
                 elapsed = time.monotonic() - started
+                steady_elapsed = time.monotonic() - first_finished
+                worker_cpu = cpu_seconds(worker_process) - first_cpu
         finally:
             if worker is not None:
                 worker.send_signal(signal.SIGTERM)
@@ -114,6 +137,12 @@ def main() -> None:
     module_times = [event["module_ms"] for event in finished]
     print(f"tasks: {task_count} (math.wasm add, cached module after the first), worker concurrency: {concurrency}, options: {' '.join(worker_options) or 'none'}")
     print(f"rate: {task_count / elapsed:.1f} tasks/s over {elapsed:.2f} s, including the worker's start-up")
+    print(f"rate after the first task: {(task_count - 1) / steady_elapsed:.1f} tasks/s over {steady_elapsed:.2f} s")
+    print(f"worker CPU per task after the first: {worker_cpu * 1000 / (task_count - 1):.2f} ms")
+    claim_sizes = [event.get("claim_batch_size", 1) for event in finished]
+    report_sizes = [event.get("report_batch_size", 1) for event in finished]
+    print(f"tasks per claim, per task: mean {statistics.mean(claim_sizes):.1f}, median {statistics.median(claim_sizes):g}")
+    print(f"outcomes per report request, per task: mean {statistics.mean(report_sizes):.1f}, median {statistics.median(report_sizes):g}")
     print(f"worker overhead per task, outside wasm (decode + report + bookkeeping): median {statistics.median(overhead):.2f} ms, p95 {percentile(overhead, 0.95):.2f} ms")
     print(f"  of which report request: median {statistics.median(report):.2f} ms")
     own = [event["duration_ms"] - event["run_ms"] - event["report_ms"] for event in finished]

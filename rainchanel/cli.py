@@ -513,13 +513,17 @@ class Progress:
     "an idle worker takes up to this long to stop.",
 )
 @click.option(
+    "--prefetch", type=click.IntRange(min=0, max=1000), default=None, show_default="4 per slot",
+    help="Claimed tasks kept waiting for a free slot beyond the running ones; 0 claims only for free slots.",
+)
+@click.option(
     "--legacy-routes", is_flag=True,
     help="Use only the original single-task routes: one task per claim with the module inline, "
     "one outcome per report, polling with backoff. For servers without long polling and batches.",
 )
 def worker(
     server: str, username: str, password: str, concurrency: int, memory_limit_mib: int, fuel: int | None,
-    grace_seconds: float, claim_wait_seconds: float, legacy_routes: bool,
+    grace_seconds: float, claim_wait_seconds: float, prefetch: int | None, legacy_routes: bool,
 ) -> None:
     """Claim tasks from the server and run them until stopped.
 
@@ -541,6 +545,8 @@ def worker(
         memory_limit_mib=memory_limit_mib, fuel=fuel, grace_seconds=grace_seconds,
         claim_wait_seconds=claim_wait_seconds, legacy_routes=legacy_routes,
     )
+    if prefetch is not None:
+        settings.prefetch = prefetch
     try:
         Worker(settings).run()
     except ApiError as exc:

@@ -149,6 +149,40 @@ def test_execute_core_module_importing_wasi(executor):
     assert run_module(executor, module_bytes, "answer", []).result == 42
 
 
+def test_execute_invalid_initializer_not_retryable(executor):
+    module_bytes = wasmtime.wat2wasm(
+        """(module
+             (func (export "_initialize") (param i32))
+             (func (export "answer") (result i32) i32.const 42))"""
+    )
+    outcome = run_module(executor, module_bytes, "answer", [])
+    assert outcome.completed is False
+    assert outcome.error == "invalid module: its _initialize export must take and return nothing"
+    assert outcome.retryable is False
+
+
+def test_execute_function_with_reference_type_not_callable(executor):
+    module_bytes = wasmtime.wat2wasm(
+        """(module
+             (func (export "takes_ref") (param externref))
+             (func (export "answer") (result i32) i32.const 42))"""
+    )
+    outcome = run_module(executor, module_bytes, "takes_ref", [None])
+    assert outcome.completed is False
+    assert "only i32, i64, f32 and f64" in outcome.error
+    assert outcome.retryable is False
+    assert run_module(executor, module_bytes, "answer", []).result == 42
+
+
+def test_execute_verified_bytes_not_hashed_again(executor):
+    module_bytes = example("math")
+    spec = TaskSpec(task_id=1, module_sha256="a" * 64, func="add", args=[1, 2], timeout_seconds=5)
+
+    # The caller vouches for the bytes, so the executor compiles them under the given digest.
+    assert executor.run(spec, module_bytes, bytes_verified=True).result == 3
+    assert executor.has_module("a" * 64) is True
+
+
 @pytest.mark.parametrize(
     ("func", "args", "expected_error"),
     [
@@ -189,6 +223,16 @@ def test_execute_endless_loop_times_out(executor):
     assert outcome.interrupted is False
     assert elapsed < 5
     assert run_example(executor, "math", "add", [1, 1]).result == 2
+
+
+def test_execute_timeout_after_idle_period(executor):
+    assert run_example(executor, "math", "add", [1, 1]).result == 2
+    # The epoch timer sleeps while no task runs and must wake for the next one.
+    time.sleep(0.3)
+    started = time.monotonic()
+    outcome = run_example(executor, "loop_forever", "spin", [], timeout_seconds=0.3)
+    assert outcome.error == "timed out after 0.3 s"
+    assert time.monotonic() - started < 5
 
 
 def test_execute_endless_start_function_times_out(executor):

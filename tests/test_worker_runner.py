@@ -37,7 +37,7 @@ class FakeExecutor:
     def has_module(self, sha256):
         return sha256 in self.cached
 
-    def run(self, spec, module):
+    def run(self, spec, module, bytes_verified=False):
         self.received_modules.append(module)
         self.cached.add(spec.module_sha256)
         if spec.func == "add":
@@ -179,10 +179,12 @@ def make_task(task_id, func="add", args=(2, 3), sha=MODULE_SHA256, timeout_secon
     }
 
 
-def start_worker(server, executor=None, concurrency=2, grace_seconds=5.0, legacy=False, claim_wait_seconds=1.0):
+def start_worker(
+    server, executor=None, concurrency=2, grace_seconds=5.0, legacy=False, claim_wait_seconds=1.0, prefetch=None,
+):
     settings = WorkerSettings(
         server_url="http://rainchanel.test", username="w", password="pw", concurrency=concurrency,
-        grace_seconds=grace_seconds, legacy_routes=legacy, claim_wait_seconds=claim_wait_seconds,
+        grace_seconds=grace_seconds, legacy_routes=legacy, claim_wait_seconds=claim_wait_seconds, prefetch=prefetch,
     )
     worker = Worker(settings, executor=executor or FakeExecutor(), transport=httpx.MockTransport(server.handle))
     worker.start()
@@ -330,10 +332,70 @@ def test_worker_claims_batches_without_modules():
     assert wait_until(lambda: len(server.results) == 8)
     stop(worker)
 
+    # 4 slots and the default prefetch of 4 tasks per slot.
     first_claim = server.claims[0]
-    assert first_claim == {"max": "4", "wait": "1.0", "inline_module": "false"}
-    assert all(1 <= int(claim["max"]) <= 4 for claim in server.claims)
+    assert first_claim == {"max": "20", "wait": "1.0", "inline_module": "false"}
+    assert all(1 <= int(claim["max"]) <= 20 for claim in server.claims)
     assert server.downloads == [MODULE_SHA256]
+
+
+def test_worker_without_prefetch_claims_for_free_slots():
+    server = FakeServer([make_task(task_id) for task_id in range(1, 9)])
+    worker = start_worker(server, concurrency=4, prefetch=0)
+
+    assert wait_until(lambda: len(server.results) == 8)
+    stop(worker)
+
+    assert server.claims[0]["max"] == "4"
+    assert all(1 <= int(claim["max"]) <= 4 for claim in server.claims)
+
+
+def test_worker_prefetch_claims_several_tasks_per_request():
+    server = FakeServer([make_task(task_id) for task_id in range(1, 101)])
+    worker = start_worker(server, concurrency=2, prefetch=8)
+
+    assert wait_until(lambda: len(server.results) == 100)
+    stop(worker)
+
+    # The buffer is refilled once it is half empty: 4 or more tasks a claim.
+    large_claims = [claim for claim in server.claims if int(claim["max"]) >= 4]
+    assert all(int(claim["max"]) <= 10 for claim in server.claims)
+    assert len(large_claims) == len(server.claims)
+    assert len(server.claims) <= 100 / 4 + 2
+
+
+def test_worker_stop_releases_buffered_tasks_at_once():
+    executor = FakeExecutor()
+    tasks = [make_task(1, func="sleep", args=(2.0,))] + [make_task(task_id) for task_id in range(2, 6)]
+    server = FakeServer(tasks)
+    worker = start_worker(server, executor, concurrency=1, grace_seconds=10, prefetch=4)
+    assert wait_until(lambda: executor.received_modules)
+    assert wait_until(lambda: not server.pending)
+
+    worker.request_stop()
+    shutdown = threading.Thread(target=worker.wait_and_shut_down)
+    shutdown.start()
+
+    # Released while task 1 still runs, not after it.
+    assert wait_until(lambda: len(server.releases) == 4, timeout=1.5)
+    assert 1 not in server.results
+    shutdown.join(timeout=10)
+    assert sorted(server.releases) == [2, 3, 4, 5]
+    assert server.results[1]["result"] == "slept"
+    assert all(task_id not in server.results for task_id in range(2, 6))
+
+
+def test_worker_heartbeats_buffered_task():
+    executor = FakeExecutor()
+    server = FakeServer([make_task(1, func="sleep", args=(1.5,)), make_task(2)], lease_seconds=1.0)
+    worker = start_worker(server, executor, concurrency=1, prefetch=1)
+
+    assert wait_until(lambda: 2 in server.results)
+    stop(worker)
+
+    # Task 2 waited about 1.5 s in the buffer with a 1 s lease.
+    assert server.heartbeats.count(2) >= 1
+    assert server.claims[0]["max"] == "2"
 
 
 def test_worker_reports_outcomes_in_batches():

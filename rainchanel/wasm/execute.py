@@ -1,9 +1,10 @@
 """Sandboxed execution of one task in a fresh wasmtime Store.
 
-Each Executor owns one Engine, a cache of modules compiled for it and one
-timer thread that advances the Engine's epoch. Every task gets its own Store
-with a memory cap, optional fuel and an epoch deadline that enforces the
-task's wall-clock limit.
+Each Executor owns one Engine, one Linker with WASI defined, a cache of
+modules compiled and pre-linked for it (wasmtime.InstancePre), and one timer
+thread that advances the Engine's epoch while tasks run. Every task gets its
+own Store and instance with a memory cap, optional fuel and an epoch deadline
+that enforces the task's wall-clock limit.
 """
 
 import hashlib
@@ -26,6 +27,7 @@ from rainchanel.wasm.inspect import (
     compile_module,
     configure_features,
 )
+from rainchanel.wasm.values import NUMERIC_TYPES
 from rainchanel.wasm.values import from_wasm_values, to_wasm_values
 
 log = structlog.get_logger(__name__)
@@ -102,8 +104,19 @@ class Outcome:
 
 @dataclass(frozen=True)
 class _CompiledModule:
+    """A compiled module and what every task of it needs, worked out once."""
+
     module: wasmtime.Module
     info: ModuleInfo
+    # None when linking failed, for example on a WASI function this wasmtime
+    # does not provide; link_error then contains the reason.
+    instance_pre: wasmtime.InstancePre | None
+    link_error: str | None
+    # Exported functions whose parameters and results are all numeric, so
+    # that only the arguments remain to be checked per task.
+    callable_functions: dict[str, FunctionSignature]
+    has_initializer: bool
+    initializer_valid: bool  # an _initialize export takes and returns nothing
 
 
 @dataclass(eq=False)
@@ -146,10 +159,14 @@ class Executor:
     def __init__(self, limits: SandboxLimits = SandboxLimits(), module_cache_size: int = 64) -> None:
         self._limits = limits
         self._engine = wasmtime.Engine(_new_engine_config(limits))
+        # Each Store gets its own WASI context, so one Linker serves every task.
+        self._linker = wasmtime.Linker(self._engine)
+        self._linker.define_wasi()
         self._modules: ModuleCache[_CompiledModule] = ModuleCache(module_cache_size)
 
-        # The lock keeps self._epoch equal to the Engine's epoch and guards _runs.
-        self._lock = threading.Lock()
+        # The lock keeps self._epoch equal to the Engine's epoch and guards
+        # _runs; the timer waits on it while no task runs.
+        self._lock = threading.Condition()
         self._epoch = 0
         self._runs: set[_Run] = set()
 
@@ -161,14 +178,16 @@ class Executor:
         """Return True when the module is compiled and cached in this Executor."""
         return sha256.lower() in self._modules
 
-    def run(self, spec: TaskSpec, module_bytes: bytes | None) -> Outcome:
+    def run(self, spec: TaskSpec, module_bytes: bytes | None, *, bytes_verified: bool = False) -> Outcome:
         """Run one task and return its outcome.
 
         module_bytes may be None when has_module(spec.module_sha256) is True.
+        Pass bytes_verified=True only when the caller has checked module_bytes
+        against spec.module_sha256, which skips hashing them again.
         Traps, timeouts and exhausted limits become an Outcome, never an exception.
         """
         try:
-            compiled = self._compiled_module(spec.module_sha256, module_bytes)
+            compiled = self._compiled_module(spec.module_sha256, module_bytes, bytes_verified)
             return self._run_compiled(spec, compiled)
         except _TaskFailed as failure:
             return failure.outcome
@@ -203,16 +222,29 @@ class Executor:
         Tasks started after close() have no wall-clock limit, so call it last.
         """
         self.interrupt_all()
-        self._closed.set()
+        with self._lock:
+            self._closed.set()
+            self._lock.notify_all()
         self._epoch_timer.join()
 
     def _advance_epoch(self) -> None:
-        while not self._closed.wait(EPOCH_TICK_SECONDS):
+        """Advance the epoch every EPOCH_TICK_SECONDS while a task runs, and sleep while none does.
+
+        Deadlines count ticks from the epoch at the task's start, so a pause
+        while no task runs only delays the first tick of the next one, which
+        gives a task more time, never less.
+        """
+        while True:
+            with self._lock:
+                while not self._runs and not self._closed.is_set():
+                    self._lock.wait()
+            if self._closed.wait(EPOCH_TICK_SECONDS):
+                return
             with self._lock:
                 self._engine.increment_epoch()
                 self._epoch += 1
 
-    def _compiled_module(self, sha256: str, module_bytes: bytes | None) -> _CompiledModule:
+    def _compiled_module(self, sha256: str, module_bytes: bytes | None, bytes_verified: bool) -> _CompiledModule:
         sha256 = sha256.lower()
         cached = self._modules.get(sha256)
         if cached is not None:
@@ -224,30 +256,56 @@ class Executor:
                 "download the module and run the task again",
                 retryable=True,
             )
-        actual_sha256 = hashlib.sha256(module_bytes).hexdigest()
-        if actual_sha256 != sha256:
-            raise _failed(
-                f"module bytes have SHA-256 {actual_sha256}, expected {sha256}; download the module again",
-                retryable=True,
-            )
+        if not bytes_verified:
+            actual_sha256 = hashlib.sha256(module_bytes).hexdigest()
+            if actual_sha256 != sha256:
+                raise _failed(
+                    f"module bytes have SHA-256 {actual_sha256}, expected {sha256}; download the module again",
+                    retryable=True,
+                )
 
         try:
             module, info = compile_module(self._engine, module_bytes)
         except InvalidModule as exc:
             raise _failed(f"invalid module {sha256}: {exc.message}", retryable=False) from exc
-        return self._modules.put(sha256, _CompiledModule(module=module, info=info))
+        return self._modules.put(sha256, self._prepare(module, info))
+
+    def _prepare(self, module: wasmtime.Module, info: ModuleInfo) -> _CompiledModule:
+        """Pre-link a compiled module and look up what its tasks need."""
+        try:
+            instance_pre, link_error = self._linker.instantiate_pre(module), None
+        except wasmtime.WasmtimeError as exc:
+            instance_pre, link_error = None, _one_line(str(exc))
+        callable_functions = {
+            name: signature
+            for name, signature in info.functions.items()
+            if all(value_type in NUMERIC_TYPES for value_type in signature.params + signature.results)
+        }
+        initializer = info.functions.get("_initialize")
+        return _CompiledModule(
+            module=module,
+            info=info,
+            instance_pre=instance_pre,
+            link_error=link_error,
+            callable_functions=callable_functions,
+            has_initializer=initializer is not None,
+            initializer_valid=initializer in (None, FunctionSignature(params=(), results=())),
+        )
 
     def _run_compiled(self, spec: TaskSpec, compiled: _CompiledModule) -> Outcome:
         info = compiled.info
         self._check_memory_minimum(info)
-        try:
-            check_call(info, spec.func, spec.args)
-        except InvalidRequest as exc:
-            raise _failed(exc.message, retryable=False) from exc
-
         if spec.func == WASI_COMMAND_ENTRY and info.is_wasi:
+            _check_call(info, spec)
             return self._run_command(spec, compiled)
-        return self._run_function(spec, compiled)
+
+        signature = compiled.callable_functions.get(spec.func) if isinstance(spec.func, str) else None
+        if signature is None:
+            # Raises the error for a function that is not exported or cannot
+            # be called with JSON numbers.
+            _check_call(info, spec)
+            signature = info.functions[spec.func]
+        return self._run_function(spec, compiled, signature)
 
     def _check_memory_minimum(self, info: ModuleInfo) -> None:
         limit = self._limits.memory_limit_bytes
@@ -266,10 +324,8 @@ class Executor:
             store.set_fuel(self._limits.fuel)
         return store
 
-    def _run_function(self, spec: TaskSpec, compiled: _CompiledModule) -> Outcome:
-        signature = compiled.info.functions[spec.func]
-        initializer = compiled.info.functions.get("_initialize")
-        if initializer is not None and initializer != FunctionSignature(params=(), results=()):
+    def _run_function(self, spec: TaskSpec, compiled: _CompiledModule, signature: FunctionSignature) -> Outcome:
+        if not compiled.initializer_valid:
             raise _failed("invalid module: its _initialize export must take and return nothing", retryable=False)
         try:
             arguments = to_wasm_values(signature.params, spec.args)
@@ -277,19 +333,17 @@ class Executor:
             raise _failed(exc.message, retryable=False) from exc
 
         store = self._new_store()
-        linker = wasmtime.Linker(self._engine)
         if compiled.info.is_wasi:
             # A core module that imports WASI gets no args, env, files or input,
             # and its output is discarded.
-            linker.define_wasi()
             store.set_wasi(wasmtime.WasiConfig())
 
         run = self._start_run(store, spec.timeout_seconds)
         try:
-            instance = self._instantiate(linker, store, compiled, spec, run)
+            instance = self._instantiate(store, compiled, spec, run)
             exports = instance.exports(store)
             try:
-                if initializer is not None:
+                if compiled.has_initializer:
                     exports["_initialize"](store)
                 values = exports[spec.func](store, *arguments)
             except wasmtime.ExitTrap as exc:
@@ -343,14 +397,12 @@ class Executor:
 
         store = self._new_store()
         store.set_wasi(config)
-        linker = wasmtime.Linker(self._engine)
-        linker.define_wasi()
 
         # NOTE: the epoch deadline is checked only while wasm code runs, so a
         # blocking WASI call outlasts the timeout (a 2 s poll_oneoff sleep did).
         run = self._start_run(store, spec.timeout_seconds)
         try:
-            instance = self._instantiate(linker, store, compiled, spec, run)
+            instance = self._instantiate(store, compiled, spec, run)
             instance.exports(store)[WASI_COMMAND_ENTRY](store)
         except wasmtime.ExitTrap as exc:
             return exc.code, None
@@ -362,11 +414,11 @@ class Executor:
             self._finish_run(run)
         return 0, None
 
-    def _instantiate(
-        self, linker: wasmtime.Linker, store: wasmtime.Store, compiled: _CompiledModule, spec: TaskSpec, run: _Run
-    ) -> wasmtime.Instance:
+    def _instantiate(self, store: wasmtime.Store, compiled: _CompiledModule, spec: TaskSpec, run: _Run) -> wasmtime.Instance:
+        if compiled.instance_pre is None:
+            raise _failed(f"instantiation failed: {compiled.link_error}", retryable=False)
         try:
-            return linker.instantiate(store, compiled.module)
+            return compiled.instance_pre.instantiate(store)
         except wasmtime.ExitTrap as exc:
             raise _failed(f"the module's start function exited with code {exc.code}", retryable=False) from exc
         except wasmtime.Trap as exc:
@@ -384,6 +436,8 @@ class Executor:
             store.set_epoch_deadline(ticks)
             run = _Run(deadline_epoch=self._epoch + ticks)
             self._runs.add(run)
+            if len(self._runs) == 1:
+                self._lock.notify()  # wakes the epoch timer
         return run
 
     def _finish_run(self, run: _Run) -> None:
@@ -404,6 +458,13 @@ class Executor:
             return _failed(f"wasm trap: {code.name.lower().replace('_', ' ')}", retryable=False)
         # A trap without a code comes from a host function such as a WASI call.
         return _failed(f"wasm trap: {_one_line(trap.message)}", retryable=False)
+
+
+def _check_call(info: ModuleInfo, spec: TaskSpec) -> None:
+    try:
+        check_call(info, spec.func, spec.args)
+    except InvalidRequest as exc:
+        raise _failed(exc.message, retryable=False) from exc
 
 
 def _new_engine_config(limits: SandboxLimits) -> wasmtime.Config:

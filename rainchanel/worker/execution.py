@@ -23,6 +23,12 @@ class WorkerSettings:
     # A stop request waits for the claim in flight, so this also bounds how
     # long an idle worker takes to stop; 5 s keeps both low.
     claim_wait_seconds: float = 5.0
+    # Claimed tasks a worker keeps waiting for a slot, beyond the running
+    # ones (None: 4 per slot). Their leases run while they wait, and they
+    # are heartbeated like running tasks. Not used with legacy_routes.
+    # NOTE: one thread sends heartbeats one request at a time, so a large
+    # prefetch of tasks with timeouts of a second or two can outrun it.
+    prefetch: int | None = None
     # Use only the original single-task routes: one task per claim with the
     # module inline, one outcome per report, polling with backoff.
     legacy_routes: bool = False
@@ -30,12 +36,14 @@ class WorkerSettings:
 
 @dataclass
 class TaskTiming:
-    """Milliseconds spent on each step of one task."""
+    """Milliseconds spent on each step of one task, and the sizes of the requests it was part of."""
 
     claim_ms: float = 0.0
     module_ms: float = 0.0  # decoding the inline module or downloading it
     run_ms: float = 0.0
     report_ms: float = 0.0
+    claim_batch_size: int = 1  # tasks the claim request returned
+    report_batch_size: int = 1  # outcomes in the report request that settled this task
 
 
 def failed_outcome(error: str):

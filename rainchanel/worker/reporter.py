@@ -88,6 +88,7 @@ def log_task_finished(finished: FinishedTask, outcome: str) -> None:
         "task_finished", task_id=finished.task_id, func=finished.task.get("func"), attempt=finished.task.get("attempt"),
         outcome=outcome, duration_ms=round(duration_ms, 2), claim_ms=round(timing.claim_ms, 3),
         module_ms=round(timing.module_ms, 3), run_ms=round(timing.run_ms, 3), report_ms=round(timing.report_ms, 3),
+        claim_batch_size=timing.claim_batch_size, report_batch_size=timing.report_batch_size,
         lease_lost=finished.lease.lost, error=finished.error,
     )
 
@@ -236,6 +237,7 @@ class OutcomeReporter:
 
         to_resend = []
         for item, answer in zip(items, answers):
+            item.timing.report_batch_size = len(items)
             error = answer.get("error")
             if error is None:
                 self._settle(item, "completed" if item.completed else "failed")

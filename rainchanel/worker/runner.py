@@ -1,15 +1,23 @@
-"""The worker process: a claimer, N slot threads and a reporter.
+"""The worker process: a claimer, a prefetch buffer, N slot threads and a reporter.
 
-By default the claimer long-polls GET /tasks for up to as many tasks as there
-are free slots, without the module bytes. A slot downloads a module only when
-the executor has not compiled it yet. It then runs the task and hands the
-outcome to the reporter, which sends outcomes in batches. wasmtime releases
-the GIL while wasm runs, so up to N modules execute in parallel.
+By default the claimer long-polls GET /tasks without the module bytes and
+keeps up to `prefetch` claimed tasks in a buffer beyond the N running ones.
+It claims again once the buffer is half empty, asking for as many tasks as
+there is room for, so a claim brings several tasks even when slots free up
+one at a time. A slot takes the oldest buffered task and downloads its
+module only when the executor has not compiled it yet. It then runs the task
+and hands the outcome to the reporter, which sends outcomes in batches.
+wasmtime releases the GIL while wasm runs, so up to N modules execute in
+parallel.
 
-On a stop request the claimer's long poll is not cut short, because the
-server would go on waiting for the closed connection and could claim tasks
-for it; it returns within claim_wait_seconds, and the tasks it brings are
-released.
+A task's lease runs from its claim, so buffered tasks are tracked by the
+LeaseKeeper from the moment they arrive and are heartbeated like running
+ones.
+
+On a stop request the buffered tasks are released at once. The claimer's
+long poll is not cut short, because the server would go on waiting for the
+closed connection and could claim tasks for it. The poll returns within
+claim_wait_seconds, and the tasks it brings are released.
 
 With `legacy_routes`, each slot instead loops over the original single-task
 routes: claim one task with its module inline, run it, report it, and poll
@@ -21,10 +29,10 @@ to the queue without counting the attempt.
 """
 
 import base64
-import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,6 +57,9 @@ IDLE_MAX_DELAY_SECONDS = 1.0
 # Extra seconds the shutdown waits for a long poll beyond its wait time.
 CLAIM_RETURN_MARGIN_SECONDS = 2.0
 
+# Default size of the prefetch buffer, per slot.
+DEFAULT_PREFETCH_PER_SLOT = 4
+
 
 class Worker:
     """Runs tasks from one server until stopped; see the module docstring."""
@@ -70,12 +81,18 @@ class Worker:
         self._slots: list[threading.Thread] = []
         self._interrupted = False
 
-        # Claimed tasks waiting for a slot. A None item makes a slot end.
-        self._work: queue.Queue[tuple[dict, Lease, TaskTiming] | None] = queue.Queue()
-        # Guards _free_slots and _dispatch_closed; notified when a slot frees.
-        self._slots_changed = threading.Condition()
-        self._free_slots = settings.concurrency
+        self.prefetch = settings.prefetch if settings.prefetch is not None else DEFAULT_PREFETCH_PER_SLOT * settings.concurrency
+        if self.prefetch < 0:
+            raise ValueError(f"invalid prefetch {self.prefetch}: use 0 or more tasks")
+        # Claimed tasks waiting for a slot, oldest first.
+        self._buffer: deque[tuple[dict, Lease, TaskTiming]] = deque()
+        self._running = 0  # tasks taken from the buffer by a slot and not finished
         self._dispatch_closed = False
+        # One lock guards the buffer, _running and _dispatch_closed. Slots
+        # wait for a task, the claimer waits for room in the buffer.
+        self._dispatch_lock = threading.Lock()
+        self._task_available = threading.Condition(self._dispatch_lock)
+        self._room_available = threading.Condition(self._dispatch_lock)
 
     # Lifecycle
 
@@ -115,7 +132,7 @@ class Worker:
         log.info(
             "worker_started", server=self.settings.server_url, username=self.settings.username,
             concurrency=self.settings.concurrency, memory_limit_mib=self.settings.memory_limit_mib,
-            fuel=self.settings.fuel, legacy_routes=legacy,
+            fuel=self.settings.fuel, legacy_routes=legacy, prefetch=None if legacy else self.prefetch,
             claim_wait_seconds=None if legacy else self.settings.claim_wait_seconds,
         )
 
@@ -126,10 +143,12 @@ class Worker:
             self.aborting.set()
             self._interrupt_running()
             return
-        log.info("worker_stopping", grace_seconds=self.settings.grace_seconds, running=len(self.leases.active()))
+        with self._dispatch_lock:
+            running, buffered = self._running, len(self._buffer)
+        log.info("worker_stopping", grace_seconds=self.settings.grace_seconds, running=running, buffered=buffered)
         self.stopping.set()
-        with self._slots_changed:
-            self._slots_changed.notify_all()
+        with self._dispatch_lock:
+            self._room_available.notify_all()
 
     def wait_and_shut_down(self) -> None:
         """Block until stop is requested, then finish, interrupt and release as described above."""
@@ -138,12 +157,12 @@ class Worker:
                 log.error("worker_threads_ended", threads=[thread.name for thread in self._threads() if not thread.is_alive()])
                 self.request_stop()
 
-        self._close_dispatch()
         claim_deadline = time.monotonic() + self.settings.claim_wait_seconds + CLAIM_RETURN_MARGIN_SECONDS
+        self._release_buffered(self._close_dispatch())
         deadline = time.monotonic() + self.settings.grace_seconds
         self._join_slots(deadline)
         if any(slot.is_alive() for slot in self._slots):
-            log.warning("grace_period_over", running=len(self.leases.active()))
+            log.warning("grace_period_over", running=self._running)
             self._interrupt_running()
             # Interrupted tasks are released; that needs the server but is short.
             self._join_slots(time.monotonic() + self.settings.request_timeout_seconds)
@@ -181,13 +200,32 @@ class Worker:
             threads.append(self.reporter.thread)
         return threads
 
-    def _close_dispatch(self) -> None:
-        """Stop handing tasks to slots and tell each slot to end once the queue is empty."""
-        with self._slots_changed:
+    def _close_dispatch(self) -> list[tuple[dict, Lease, TaskTiming]]:
+        """Stop handing tasks to slots, end the idle slots, and return the tasks taken out of the buffer."""
+        with self._dispatch_lock:
             self._dispatch_closed = True
-        if not self.settings.legacy_routes:
-            for _ in self._slots:
-                self._work.put(None)
+            buffered = list(self._buffer)
+            self._buffer.clear()
+            self._task_available.notify_all()
+        return buffered
+
+    def _release_buffered(self, buffered: list[tuple[dict, Lease, TaskTiming]]) -> None:
+        """Release claimed tasks that never reached a slot, so other workers can run them now."""
+        if not buffered:
+            return
+        session = self._new_session(self.aborting)
+        released = 0
+        try:
+            for task, _lease, _timing in buffered:
+                self._release_unstarted(session, task)
+                released += 1
+        except GaveUp:
+            log.error(
+                "release_abandoned", task_ids=[task["id"] for task, _lease, _timing in buffered[released:]],
+                reason="the worker was stopped while the server was unreachable; the tasks wait for lease expiry",
+            )
+        finally:
+            session.close()
 
     def _join_claimer(self, deadline: float) -> None:
         """Wait for a long poll in flight to return, so tasks it claims are released, not stranded.
@@ -238,11 +276,11 @@ class Worker:
         wait_seconds = self.settings.claim_wait_seconds
         try:
             while True:
-                free_slots = self._wait_for_free_slots()
-                if free_slots == 0:
+                room = self._wait_for_room()
+                if room == 0:
                     return
                 claim_started = time.perf_counter()
-                tasks = self._claim_batch(session, min(free_slots, MAX_FETCH_BATCH))
+                tasks = self._claim_batch(session, min(room, MAX_FETCH_BATCH))
                 claim_seconds = time.perf_counter() - claim_started
                 if not tasks:
                     # An empty answer well before the wait is over means the
@@ -257,12 +295,20 @@ class Worker:
         finally:
             session.close()
 
-    def _wait_for_free_slots(self) -> int:
-        """Block until a slot is free; return how many are, or 0 once the worker is stopping."""
-        with self._slots_changed:
-            while self._free_slots == 0 and not self.stopping.is_set():
-                self._slots_changed.wait()
-            return 0 if self.stopping.is_set() else self._free_slots
+    def _wait_for_room(self) -> int:
+        """Block until the buffer is at most half full and a task fits; return how many fit, or 0 once stopping.
+
+        With prefetch 0 this waits for a free slot.
+        """
+        capacity = self.settings.concurrency + self.prefetch
+        refill_level = self.prefetch // 2
+        with self._dispatch_lock:
+            while not self.stopping.is_set():
+                room = capacity - self._running - len(self._buffer)
+                if room > 0 and len(self._buffer) <= refill_level:
+                    return room
+                self._room_available.wait()
+            return 0
 
     def _claim_batch(self, session: ServerSession, max_tasks: int) -> list[dict]:
         wait_seconds = self.settings.claim_wait_seconds
@@ -278,12 +324,12 @@ class Worker:
     def _dispatch(self, session: ServerSession, tasks: list[dict], claim_ms: float) -> None:
         """Start the leases of claimed tasks and queue them for the slots, or release them when stopping."""
         leases = [self.leases.add(task) for task in tasks]
-        with self._slots_changed:
+        with self._dispatch_lock:
             accepted = not self._dispatch_closed
             if accepted:
-                self._free_slots -= len(tasks)
                 for task, lease in zip(tasks, leases):
-                    self._work.put((task, lease, TaskTiming(claim_ms=claim_ms)))
+                    self._buffer.append((task, lease, TaskTiming(claim_ms=claim_ms, claim_batch_size=len(tasks))))
+                self._task_available.notify(len(tasks))
         if not accepted:
             for task in tasks:
                 self._release(session, task)
@@ -295,7 +341,7 @@ class Worker:
         session = self._new_session(self.aborting)
         try:
             while True:
-                item = self._work.get()
+                item = self._next_task()
                 if item is None:
                     return
                 task, lease, timing = item
@@ -305,13 +351,26 @@ class Worker:
                     else:
                         self._process(session, task, lease, timing)
                 finally:
-                    with self._slots_changed:
-                        self._free_slots += 1
-                        self._slots_changed.notify()
+                    with self._dispatch_lock:
+                        self._running -= 1
+                        self._room_available.notify()
         except GaveUp:
             pass
         finally:
             session.close()
+
+    def _next_task(self) -> tuple[dict, Lease, TaskTiming] | None:
+        """Block until a task is buffered and take it, or return None once dispatch is closed."""
+        with self._dispatch_lock:
+            while not self._buffer and not self._dispatch_closed:
+                self._task_available.wait()
+            if not self._buffer:
+                return None
+            self._running += 1
+            item = self._buffer.popleft()
+            # The buffer may have dropped to its refill level.
+            self._room_available.notify()
+            return item
 
     def _process(self, session: ServerSession, task: dict, lease: Lease, timing: TaskTiming) -> None:
         """Run one claimed task and hand its outcome to the reporter, or release it when interrupted."""
@@ -409,31 +468,35 @@ class Worker:
     def _execute(self, session: ServerSession, task: dict, timing: TaskTiming):
         spec = task_spec(task)
         module_started = time.perf_counter()
-        with self._module_bytes(session, task) as module:
+        with self._module_bytes(session, task) as (module, verified):
             timing.module_ms = (time.perf_counter() - module_started) * 1000
             if self.stopping.is_set() and self._interrupted:
                 return None
             run_started = time.perf_counter()
-            outcome = self.executor.run(spec, module)
+            outcome = self.executor.run(spec, module, bytes_verified=verified)
         if module is None and not outcome.completed and not self.executor.has_module(spec.module_sha256):
             # Another slot evicted the module from the cache between the
             # check and the run, so run again with the module's bytes.
-            with self._module_bytes(session, task) as module:
-                outcome = self.executor.run(spec, module)
+            with self._module_bytes(session, task) as (module, verified):
+                outcome = self.executor.run(spec, module, bytes_verified=verified)
         timing.run_ms = (time.perf_counter() - run_started) * 1000
         return outcome
 
     @contextmanager
-    def _module_bytes(self, session: ServerSession, task: dict) -> Iterator[bytes | None]:
-        """Yield None when the module is compiled already, else its inline or downloaded bytes."""
+    def _module_bytes(self, session: ServerSession, task: dict) -> Iterator[tuple[bytes | None, bool]]:
+        """Yield (None, False) when the module is compiled already, else (its bytes, whether they were checked).
+
+        Downloaded bytes are checked against the SHA-256 by the ModuleFetcher;
+        inline bytes are not, so the executor checks them.
+        """
         sha256 = task["module_sha256"]
         if self.executor.has_module(sha256):
-            yield None
+            yield None, False
         elif task.get("wasm_module") is not None:
-            yield base64.b64decode(task["wasm_module"])
+            yield base64.b64decode(task["wasm_module"]), False
         else:
             with self.modules.module(session, sha256, self.executor.has_module) as module:
-                yield module
+                yield module, module is not None
 
     def _release(self, session: ServerSession, task: dict) -> str:
         try:
