@@ -513,7 +513,7 @@ class Progress:
     "an idle worker takes up to this long to stop.",
 )
 @click.option(
-    "--prefetch", type=click.IntRange(min=0, max=1000), default=None, show_default="4 per slot",
+    "--prefetch", type=click.IntRange(min=0, max=1000), default=None, show_default="about 0.1 s of work per slot, at most 16",
     help="Claimed tasks kept waiting for a free slot beyond the running ones; 0 claims only for free slots.",
 )
 @click.option(

@@ -568,3 +568,30 @@ def test_backoff_doubles_up_to_max():
     assert delays == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     backoff.reset()
     assert backoff.next_delay() == 0.05
+
+
+def test_worker_prefetch_adapts_to_run_time():
+    settings = WorkerSettings(server_url="http://127.0.0.1:9", username="w", password="secret-password", concurrency=2)
+    worker = Worker(settings, executor=FakeExecutor())
+
+    for _ in range(50):
+        worker._adapt_prefetch(0.0005)
+    short_tasks = worker.prefetch
+    for _ in range(100):
+        worker._adapt_prefetch(2.0)
+    long_tasks = worker.prefetch
+
+    assert short_tasks == 32, "16 per slot for sub-millisecond tasks"
+    assert long_tasks == 0, "no hoarding of tasks that run for seconds"
+
+
+def test_worker_explicit_prefetch_stays_fixed():
+    settings = WorkerSettings(
+        server_url="http://127.0.0.1:9", username="w", password="secret-password", concurrency=2, prefetch=3
+    )
+    worker = Worker(settings, executor=FakeExecutor())
+
+    for _ in range(50):
+        worker._adapt_prefetch(0.0005)
+
+    assert worker.prefetch == 3

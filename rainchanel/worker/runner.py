@@ -57,8 +57,15 @@ IDLE_MAX_DELAY_SECONDS = 1.0
 # Extra seconds the shutdown waits for a long poll beyond its wait time.
 CLAIM_RETURN_MARGIN_SECONDS = 2.0
 
-# Default size of the prefetch buffer, per slot.
-DEFAULT_PREFETCH_PER_SLOT = 4
+# Without --prefetch the buffer adapts to how long tasks run: it holds
+# about PREFETCH_BUFFER_SECONDS of work per slot, between none and
+# MAX_AUTO_PREFETCH_PER_SLOT tasks, so short tasks travel in large batches
+# while long ones are not hoarded away from other workers.
+INITIAL_PREFETCH_PER_SLOT = 4
+MAX_AUTO_PREFETCH_PER_SLOT = 16
+PREFETCH_BUFFER_SECONDS = 0.1
+# Weight of the newest task in the running average of run times.
+RUN_TIME_SMOOTHING = 0.1
 
 
 class Worker:
@@ -81,9 +88,11 @@ class Worker:
         self._slots: list[threading.Thread] = []
         self._interrupted = False
 
-        self.prefetch = settings.prefetch if settings.prefetch is not None else DEFAULT_PREFETCH_PER_SLOT * settings.concurrency
+        self.adaptive_prefetch = settings.prefetch is None
+        self.prefetch = settings.prefetch if settings.prefetch is not None else INITIAL_PREFETCH_PER_SLOT * settings.concurrency
         if self.prefetch < 0:
             raise ValueError(f"invalid prefetch {self.prefetch}: use 0 or more tasks")
+        self._average_run_seconds: float | None = None
         # Claimed tasks waiting for a slot, oldest first.
         self._buffer: deque[tuple[dict, Lease, TaskTiming]] = deque()
         self._running = 0  # tasks taken from the buffer by a slot and not finished
@@ -480,7 +489,19 @@ class Worker:
             with self._module_bytes(session, task) as (module, verified):
                 outcome = self.executor.run(spec, module, bytes_verified=verified)
         timing.run_ms = (time.perf_counter() - run_started) * 1000
+        self._adapt_prefetch(timing.run_ms / 1000)
         return outcome
+
+    def _adapt_prefetch(self, run_seconds: float) -> None:
+        """Size the buffer to about PREFETCH_BUFFER_SECONDS of work per slot (without --prefetch)."""
+        if not self.adaptive_prefetch:
+            return
+        average = self._average_run_seconds
+        average = run_seconds if average is None else average + RUN_TIME_SMOOTHING * (run_seconds - average)
+        self._average_run_seconds = average
+        per_slot = min(MAX_AUTO_PREFETCH_PER_SLOT, int(PREFETCH_BUFFER_SECONDS / max(average, 1e-6)))
+        # A plain assignment; the claimer reads whichever value is current.
+        self.prefetch = per_slot * self.settings.concurrency
 
     @contextmanager
     def _module_bytes(self, session: ServerSession, task: dict) -> Iterator[tuple[bytes | None, bool]]:
