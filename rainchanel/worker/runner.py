@@ -239,11 +239,11 @@ class Worker:
     def _join_claimer(self, deadline: float) -> None:
         """Wait for a long poll in flight to return, so tasks it claims are released, not stranded.
 
-        The server keeps waiting, and may claim tasks, for a request whose
-        connection was closed, and such tasks stay leased until the lease
-        expires, which counts as a failed attempt. So the claim is not
-        abandoned unless the worker is stopped a second time or the deadline
-        passes.
+        This server notices a closed long poll between its database polls
+        and releases what it claimed for it, but a server without that check
+        would keep such tasks leased until the lease expires, which counts as
+        a failed attempt. So the claim is not abandoned unless the worker is
+        stopped a second time or the deadline passes.
         """
         if self._claimer is None:
             return
