@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, String, bindparam, case, cast, delete, func, insert, literal, select, update
+from sqlalchemy import BigInteger, Integer, String, bindparam, case, cast, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rainchanel.errors import Conflict, Forbidden, NotFound, RainChanelError
@@ -133,6 +133,10 @@ class TaskQueue:
         self.db = db
         self.modules = module_store
         self.backoff = backoff
+        self._claim_select, self._claim_update = self._claim_statements()
+        self._lock_select = self._lock_statement()
+        self._delivery_select, self._delivery_delete = self._delivery_statements()
+        self._records_select = select(*RECORD_COLUMNS).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
 
     # --- publishing -----------------------------------------------------
 
@@ -187,44 +191,26 @@ class TaskQueue:
         """Lease up to max_tasks available tasks to worker_id, best first."""
 
         async def operation(connection: AsyncConnection) -> list[ClaimedTask]:
-            rows = (await connection.execute(self._claim_candidates(max_tasks))).all()
+            rows = (await connection.execute(self._claim_select, {"max_tasks": max_tasks})).all()
             if not rows:
                 return []
 
             now = rows[0].now
-            leases = [
-                {
-                    "task_id": row.id,
-                    "token": secrets.token_urlsafe(LEASE_TOKEN_BYTES),
-                    "expires_at": now + row.timeout_seconds * 1_000_000,
-                }
-                for row in rows
-            ]
+            token_prefix = secrets.token_urlsafe(LEASE_TOKEN_BYTES) + "."
             # The rows are locked (SKIP LOCKED on MySQL, the write lock on
             # SQLite), so updating them by primary key cannot lose a race.
-            # One statement for the whole batch, each row getting its own token.
             await connection.execute(
-                update(tasks)
-                .where(tasks.c.id.in_([lease["task_id"] for lease in leases]))
-                .values(
-                    status=TaskStatus.PROCESSING,
-                    attempts=tasks.c.attempts + 1,
-                    lease_token=_per_row({lease["task_id"]: lease["token"] for lease in leases}),
-                    lease_owner_id=worker_id,
-                    lease_expires_at=now + tasks.c.timeout_seconds * 1_000_000,
-                    claimed_at=now,
-                    updated_at=now,
-                )
+                self._claim_update,
+                {"ids": [row.id for row in rows], "token_prefix": token_prefix, "worker_id": worker_id, "now": now},
             )
             module_bytes = await self.modules.load_many(connection, {row.module_sha256 for row in rows})
-            return [
-                self._claimed(row, lease, module_bytes[row.module_sha256], now) for row, lease in zip(rows, leases)
-            ]
+            return [self._claimed(row, token_prefix, module_bytes[row.module_sha256], now) for row in rows]
 
         return await self.db.run(operation)
 
-    def _claim_candidates(self, max_tasks: int):
-        statement = (
+    def _claim_statements(self):
+        """Build the claim's SELECT and UPDATE once; they run with bound parameters."""
+        select_candidates = (
             select(
                 tasks.c.id,
                 tasks.c.owner_id,
@@ -242,16 +228,35 @@ class TaskQueue:
             )
             .where(tasks.c.status == TaskStatus.PENDING, tasks.c.available_at <= now_us())
             .order_by(tasks.c.priority.desc(), tasks.c.available_at, tasks.c.id)
-            .limit(max_tasks)
+            .limit(bindparam("max_tasks", type_=Integer))
         )
         if not self.db.is_sqlite:
             # Concurrent claimers skip each other's locked rows instead of
             # queueing behind them or taking the same task twice.
-            statement = statement.with_for_update(skip_locked=True)
-        return statement
+            select_candidates = select_candidates.with_for_update(skip_locked=True)
+
+        now = bindparam("now", type_=BigInteger)
+        # Each task's token is a random prefix, shared by the tasks of one
+        # claim, followed by the task id. Knowing one token of a claim
+        # reveals the others, but they are all leased to the same worker.
+        lease_token = bindparam("token_prefix", type_=String) + cast(tasks.c.id, String)
+        update_leases = (
+            update(tasks)
+            .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+            .values(
+                status=TaskStatus.PROCESSING,
+                attempts=tasks.c.attempts + 1,
+                lease_token=lease_token,
+                lease_owner_id=bindparam("worker_id", type_=BigInteger),
+                lease_expires_at=now + tasks.c.timeout_seconds * 1_000_000,
+                claimed_at=now,
+                updated_at=now,
+            )
+        )
+        return select_candidates, update_leases
 
     @staticmethod
-    def _claimed(row, lease: dict, module: tuple[bytes, str], now: int) -> ClaimedTask:
+    def _claimed(row, token_prefix: str, module: tuple[bytes, str], now: int) -> ClaimedTask:
         return ClaimedTask(
             id=row.id,
             owner_id=row.owner_id,
@@ -266,8 +271,8 @@ class TaskQueue:
             max_attempts=row.max_attempts,
             timeout_seconds=row.timeout_seconds,
             priority=row.priority,
-            lease_token=lease["token"],
-            lease_expires_at=lease["expires_at"],
+            lease_token=token_prefix + str(row.id),
+            lease_expires_at=now + row.timeout_seconds * 1_000_000,
             created_at=row.created_at,
             claimed_at=now,
         )
@@ -418,6 +423,10 @@ class TaskQueue:
 
     async def _lock_leases(self, connection: AsyncConnection, task_ids: set[int]) -> dict[int, dict]:
         """Lock the task rows (in id order) and return their lease state by id."""
+        rows = await connection.execute(self._lock_select, {"ids": sorted(task_ids)})
+        return {row.id: dict(row._mapping) for row in rows}
+
+    def _lock_statement(self):
         statement = (
             select(
                 tasks.c.id,
@@ -431,7 +440,7 @@ class TaskQueue:
                 tasks.c.claimed_at,
                 now_us().label("now"),
             )
-            .where(tasks.c.id.in_(sorted(task_ids)))
+            .where(tasks.c.id.in_(bindparam("ids", expanding=True)))
             .order_by(tasks.c.id)
         )
         if not self.db.is_sqlite:
@@ -439,8 +448,8 @@ class TaskQueue:
             # here, so exactly one of them sees the lease as current. Locking
             # in id order keeps two batches from deadlocking each other.
             statement = statement.with_for_update()
-        rows = await connection.execute(statement)
-        return {row.id: dict(row._mapping) for row in rows}
+        return statement
+
 
     def _backoff_us(self, attempts_column):
         """SQL for the delay after failed attempt n: min(base * 2^(n-1), max) * U[0.8, 1]."""
@@ -528,24 +537,12 @@ class TaskQueue:
         """Hand the owner's oldest undelivered outcomes over, each exactly once."""
 
         async def operation(connection: AsyncConnection) -> list[TaskRecord]:
-            statement = (
-                select(undelivered_results.c.seq, undelivered_results.c.task_id)
-                .where(undelivered_results.c.owner_id == owner_id)
-                .order_by(undelivered_results.c.seq)
-                .limit(max_results)
-            )
-            if not self.db.is_sqlite:
-                # Two concurrent collectors lock disjoint rows, and the
-                # delete below commits with the read, so no result is
-                # delivered twice.
-                statement = statement.with_for_update(skip_locked=True)
-            pending = (await connection.execute(statement)).all()
+            parameters = {"owner_id": owner_id, "max_results": max_results}
+            pending = (await connection.execute(self._delivery_select, parameters)).all()
             if not pending:
                 return []
 
-            await connection.execute(
-                delete(undelivered_results).where(undelivered_results.c.seq.in_([row.seq for row in pending]))
-            )
+            await connection.execute(self._delivery_delete, {"seqs": [row.seq for row in pending]})
             records = await self._load_records(connection, [row.task_id for row in pending])
             delivered = []
             for row in pending:
@@ -555,6 +552,22 @@ class TaskQueue:
             return delivered
 
         return await self.db.run(operation)
+
+    def _delivery_statements(self):
+        select_pending = (
+            select(undelivered_results.c.seq, undelivered_results.c.task_id)
+            .where(undelivered_results.c.owner_id == bindparam("owner_id", type_=BigInteger))
+            .order_by(undelivered_results.c.seq)
+            .limit(bindparam("max_results", type_=Integer))
+        )
+        if not self.db.is_sqlite:
+            # Two concurrent collectors lock disjoint rows, and the delete
+            # commits with the read, so no result is delivered twice.
+            select_pending = select_pending.with_for_update(skip_locked=True)
+        delete_delivered = delete(undelivered_results).where(
+            undelivered_results.c.seq.in_(bindparam("seqs", expanding=True))
+        )
+        return select_pending, delete_delivered
 
     async def undeliver(self, records: list[TaskRecord]) -> None:
         """Queue delivered records again at their old places, for a response that could not be sent."""
@@ -575,25 +588,7 @@ class TaskQueue:
         return record
 
     async def _load_records(self, connection, task_ids: list[int]) -> dict[int, TaskRecord]:
-        rows = await connection.execute(
-            select(
-                tasks.c.id,
-                tasks.c.owner_id,
-                tasks.c.module_sha256,
-                tasks.c.func,
-                tasks.c.args,
-                tasks.c.status,
-                tasks.c.attempts,
-                tasks.c.max_attempts,
-                tasks.c.timeout_seconds,
-                tasks.c.priority,
-                tasks.c.last_error,
-                tasks.c.result,
-                tasks.c.created_at,
-                tasks.c.updated_at,
-                tasks.c.finished_at,
-            ).where(tasks.c.id.in_(task_ids))
-        )
+        rows = await connection.execute(self._records_select, {"ids": task_ids})
         return {row.id: _record(row) for row in rows}
 
     async def count_by_status(self) -> dict[str, int]:
@@ -604,6 +599,25 @@ class TaskQueue:
         for status, count in await self.db.read(operation):
             counts[status] = count
         return counts
+
+
+RECORD_COLUMNS = (
+    tasks.c.id,
+    tasks.c.owner_id,
+    tasks.c.module_sha256,
+    tasks.c.func,
+    tasks.c.args,
+    tasks.c.status,
+    tasks.c.attempts,
+    tasks.c.max_attempts,
+    tasks.c.timeout_seconds,
+    tasks.c.priority,
+    tasks.c.last_error,
+    tasks.c.result,
+    tasks.c.created_at,
+    tasks.c.updated_at,
+    tasks.c.finished_at,
+)
 
 
 def _record(row) -> TaskRecord:
