@@ -742,16 +742,26 @@ def wait_for_exit(processes: list[subprocess.Popen]) -> None:
 
 
 def stop_children(processes: list[subprocess.Popen], timeout_seconds: float = 15.0) -> None:
-    """Send SIGTERM to each child in order and wait for it; kill one that does not exit in time."""
-    for process in processes:
-        if process.poll() is not None:
-            continue
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Send SIGTERM to each child in order and wait for it; kill one that does not exit in time.
+
+    A second Ctrl-C while waiting kills every child still running, so
+    none is left behind.
+    """
+    try:
+        for process in processes:
+            if process.poll() is not None:
+                continue
+            process.terminate()
+            try:
+                process.wait(timeout=timeout_seconds)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    except KeyboardInterrupt:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def _load(config_path: str | None):
