@@ -17,7 +17,7 @@ from rainchanel.errors import RainChanelError
 DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
-# Longest part of a non-JSON error body quoted in an ApiError message.
+# Maximum length of a non-JSON error body quoted in an ApiError message.
 MAX_QUOTED_BODY_CHARS = 200
 
 # Limits of the server's batch routes: tasks in one POST /tasks, items in one
@@ -26,7 +26,7 @@ MAX_PUBLISH_BATCH = 1000
 MAX_REPORT_BATCH = 1000
 MAX_FETCH_BATCH = 100
 
-# Longest wait the server accepts on GET /tasks and GET /results.
+# Maximum wait the server accepts on GET /tasks and GET /results.
 MAX_WAIT_SECONDS = 30.0
 
 MODULE_REFERENCE_PREFIX = "sha256:"
