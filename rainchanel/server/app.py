@@ -33,9 +33,10 @@ def create_app(settings: Settings, migrate: bool = True, metrics: Metrics | None
             upgrade_database(settings.database.sqlalchemy_url())
         services = await open_services(settings, metrics)
         app.state.services = services
+        stopping = asyncio.Event()
         reclaimer = asyncio.create_task(
             run_reclaim_loop(
-                services.queue, metrics, settings.task.stale_check_interval_seconds, services.result_signal
+                services.queue, metrics, settings.task.stale_check_interval_seconds, stopping, services.result_signal
             )
         )
         relays = [asyncio.create_task(signal.relay_shared()) for signal in (services.task_signal, services.result_signal)]
@@ -43,10 +44,12 @@ def create_app(settings: Settings, migrate: bool = True, metrics: Metrics | None
         try:
             yield
         finally:
-            for background in (reclaimer, *relays):
-                background.cancel()
+            stopping.set()
+            await reclaimer
+            for relay in relays:
+                relay.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await background
+                    await relay
             await services.close()
             log.info("server_stopped")
 

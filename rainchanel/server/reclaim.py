@@ -30,16 +30,25 @@ async def reclaim_once(queue: TaskQueue, metrics: Metrics, result_signal: Signal
 
 
 async def run_reclaim_loop(
-    queue: TaskQueue, metrics: Metrics, interval_seconds: float, result_signal: Signal | None = None
+    queue: TaskQueue,
+    metrics: Metrics,
+    interval_seconds: float,
+    stopping: asyncio.Event,
+    result_signal: Signal | None = None,
 ) -> None:
-    """Reclaim expired leases every interval_seconds until cancelled.
+    """Reclaim expired leases every interval_seconds until stopping is set.
 
     Several server processes may run this loop against one database: each
-    reclaim is a conditional update, so a task is reclaimed once.
+    reclaim is a conditional update, so a task is reclaimed once. A reclaim
+    in progress when stopping is set finishes first, so shutdown never
+    abandons a transaction halfway.
     """
-    while True:
+    while not stopping.is_set():
         try:
             await reclaim_once(queue, metrics, result_signal)
         except (DBAPIError, OSError) as exc:
             log.error("reclaim_failed", error=f"{type(exc).__name__}: {exc}")
-        await asyncio.sleep(interval_seconds)
+        try:
+            await asyncio.wait_for(stopping.wait(), interval_seconds)
+        except TimeoutError:
+            pass
