@@ -216,3 +216,10 @@ async def test_batch_publish_ids_follow_request_order(client, owner):
     for index, task_id in enumerate(task_ids):
         task = (await client.get(f"/tasks/{task_id}", headers=owner["headers"])).json()["data"]["task"]
         assert task["args"] == [index, 100]
+
+
+async def test_module_upload_without_content_type(client, owner):
+    response = await client.post("/modules", content=ADD_WASM, headers=owner["headers"])
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["sha256"] == hashlib.sha256(ADD_WASM).hexdigest()
