@@ -341,7 +341,7 @@ class RainChanelClient:
         data = self._request("POST", path, json=[dict(report) for report in reports])
         answers = list(data["results"])
         if len(answers) != len(reports):
-            raise ApiError(f"server returned {len(answers)} answers for {len(reports)} reports", 200, "POST", path)
+            raise ApiError(f"server returned {len(answers)} items for {len(reports)} reports", 200, "POST", path)
         return answers
 
     # Transport

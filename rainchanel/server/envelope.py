@@ -31,7 +31,7 @@ async def handle_domain_error(request: Request, exc: RainChanelError) -> Respons
 
 
 async def handle_validation_error(request: Request, exc: RequestValidationError) -> Response:
-    # The earlier server answered every invalid body with 400; keep that
+    # The earlier server returned 400 for every invalid body, so keep that
     # instead of FastAPI's 422.
     return error_response(400, describe_validation_errors(exc.errors()))
 

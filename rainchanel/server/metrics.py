@@ -62,7 +62,7 @@ class Metrics:
         self.status_counts: dict[str, int] = {}
 
     def exposition_registry(self) -> CollectorRegistry:
-        """The registry to render at /metrics."""
+        """Return the registry to render at /metrics."""
         if not self.multiprocess:
             return self.registry
         registry = CollectorRegistry()

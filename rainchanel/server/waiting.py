@@ -82,7 +82,7 @@ class Signal:
                 self.notify_local()
 
     def current(self) -> asyncio.Event:
-        """The event the next notify() sets; take it before checking for work."""
+        """Return the event the next notify() sets; take it before checking for work."""
         return self._event
 
 

@@ -98,7 +98,7 @@ class TaskRecord:
 
 @dataclass
 class Outcome:
-    """What an accepted report did to a task, for the answer, logs and metrics."""
+    """What an accepted report did to a task, for the response, logs and metrics."""
 
     task_id: int
     owner_id: int
@@ -500,7 +500,7 @@ class TaskQueue:
         return await self.db.run(operation)
 
     def _reclaim_statement(self, expired_ids: list[int], marker: str):
-        """One conditional UPDATE over the expired leases.
+        """Build one conditional UPDATE over the expired leases.
 
         The WHERE clause is evaluated again on each locked row, so a report,
         a heartbeat or another server's reclaim that got there first leaves

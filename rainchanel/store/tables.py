@@ -24,7 +24,7 @@ metadata = MetaData()
 # Every table is InnoDB with full UTF-8 on MySQL; other databases ignore these.
 MYSQL_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
-# MySQL's TEXT holds 64 KiB, too little for results and error logs.
+# MySQL's TEXT stores at most 64 KiB, too little for results and error logs.
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 # Module bytes go in as binary; a MySQL BLOB would stop at 64 KiB.
 LongBinary = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")

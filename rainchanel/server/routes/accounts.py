@@ -28,7 +28,7 @@ async def login(body: LoginRequest, services: Services = Depends(get_services)):
     password_hash = user.password_hash if user else None
     if not await run_in_threadpool(verify_password, body.password, password_hash) or user is None:
         # One message for an unknown user and a wrong password, so the
-        # answer does not reveal which names exist.
+        # response does not reveal which names exist.
         raise Unauthorized(INVALID_CREDENTIALS)
     token, expires_at = services.tokens.issue(user.id, user.username)
     return ok(

@@ -46,8 +46,8 @@ async def upload_module(
 async def _read_module(request: Request, max_module_bytes: int) -> bytes:
     body = await request.body()
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    # curl --data-binary sends form encoding unless told otherwise, and such
-    # bodies reach this route labelled as JSON; the wasm magic number tells.
+    # curl --data-binary labels its body as form data by default, so such a
+    # body arrives here labelled as JSON. The wasm magic number identifies it.
     if content_type != "application/json" or body.startswith(WASM_MAGIC):
         if len(body) > max_module_bytes:
             raise PayloadTooLarge(f"module is {len(body)} bytes, over the {max_module_bytes} byte limit")

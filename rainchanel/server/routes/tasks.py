@@ -149,8 +149,8 @@ async def claim(
         linger_seconds=BATCH_LINGER_SECONDS if max else 0,
     )
     if claimed and wait and await request.is_disconnected():
-        # The long poll's client left while its claim ran; hand the tasks
-        # back rather than leave them leased to nobody until they expire.
+        # The long poll's client left while its claim ran. Release the tasks
+        # so they are not leased to a closed connection until they expire.
         for task in claimed:
             await services.queue.release(task.id, principal.user_id, task.lease_token)
         log.info("claim_abandoned", worker=principal.user_id, task_ids=[task.id for task in claimed])
