@@ -383,7 +383,7 @@ def test_client_report_many_checks_answer_count():
     def handler(request):
         return envelope({"results": []})
 
-    with pytest.raises(ApiError, match="0 answers for 1 reports"):
+    with pytest.raises(ApiError, match="0 items for 1 reports"):
         make_client(handler).complete_many([{"task_id": 1, "result": 5, "lease_token": "L"}])
 
 
