@@ -578,10 +578,14 @@ def test_worker_prefetch_adapts_to_run_time():
         worker._adapt_prefetch(0.0005)
     short_tasks = worker.prefetch
     for _ in range(100):
+        worker._adapt_prefetch(0.005)
+    millisecond_tasks = worker.prefetch
+    for _ in range(100):
         worker._adapt_prefetch(2.0)
     long_tasks = worker.prefetch
 
-    assert short_tasks == 32, "16 per slot for sub-millisecond tasks"
+    assert short_tasks == 256, "the cap of 128 per slot for sub-millisecond tasks"
+    assert 36 <= millisecond_tasks <= 40, "about 0.1 s of work per slot: 20 tasks of 5 ms"
     assert long_tasks == 0, "no hoarding of tasks that run for seconds"
 
 
