@@ -29,6 +29,9 @@ class ModuleBytesCache:
             return entry
 
     def put(self, sha256: str, wasm: bytes) -> tuple[bytes, str]:
+        known = self.get(sha256)
+        if known is not None:
+            return known
         entry = (wasm, base64.b64encode(wasm).decode("ascii"))
         cost = len(wasm) + len(entry[1])
         with self._lock:

@@ -5,6 +5,7 @@ Every time comparison and every new deadline uses the database clock
 (`now_us()`), so servers with skewed clocks agree on leases and backoff.
 """
 
+import functools
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ from rainchanel.store.tables import tasks, undelivered_results
 LEASE_TOKEN_BYTES = 24
 # Bounds one reclaim transaction; the loop comes back for the rest.
 RECLAIM_BATCH_SIZE = 1000
+# Prebuilt outcome UPDATEs kept, by kind of outcome and number of rows.
+OUTCOME_STATEMENT_CACHE_SIZE = 256
+# Kinds of outcome, each recorded by an UPDATE of its own.
+COMPLETED, FAILED, RETRIED = "completed", "failed", "retried"
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,8 @@ class TaskQueue:
         self._lock_select = self._lock_statement()
         self._delivery_select, self._delivery_delete = self._delivery_statements()
         self._records_select = select(*RECORD_COLUMNS).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+        # Report batches mostly repeat a few sizes, so few statements are built.
+        self._outcome_update = functools.lru_cache(maxsize=OUTCOME_STATEMENT_CACHE_SIZE)(self._build_outcome_update)
 
     # --- publishing -----------------------------------------------------
 
@@ -161,8 +168,8 @@ class TaskQueue:
             return [(await connection.execute(insert(tasks).values(row))).inserted_primary_key[0] for row in rows]
 
         task_ids = await self.db.run(operation)
-        for new_task in new_tasks:
-            self.modules.cache.put(new_task.module_sha256, new_task.wasm)
+        for sha256, wasm in {t.module_sha256: t.wasm for t in new_tasks}.items():
+            self.modules.cache.put(sha256, wasm)
         return task_ids
 
     @staticmethod
@@ -340,38 +347,15 @@ class TaskQueue:
         return Outcome(status=TaskStatus.FAILED, run_seconds=run_seconds, **fields)
 
     async def _apply(self, connection: AsyncConnection, accepted: list[tuple["Report", Outcome]], now: int) -> None:
-        finished = {"lease_token": None, "lease_expires_at": None, "finished_at": now, "updated_at": now}
         completions = {r.task_id: r.result_json for r, o in accepted if o.status == TaskStatus.COMPLETED}
         failures = {r.task_id: r.error for r, o in accepted if o.status == TaskStatus.FAILED}
         retries = {r.task_id: r.error for r, o in accepted if o.retried}
 
         # One UPDATE per kind of outcome, each row taking its own value.
-        if completions:
-            await connection.execute(
-                update(tasks)
-                .where(tasks.c.id.in_(list(completions)))
-                .values(status=TaskStatus.COMPLETED, result=_per_row(completions), last_error=None, **finished)
-            )
-        if failures:
-            await connection.execute(
-                update(tasks)
-                .where(tasks.c.id.in_(list(failures)))
-                .values(status=TaskStatus.FAILED, last_error=_per_row(failures), **finished)
-            )
-        if retries:
-            await connection.execute(
-                update(tasks)
-                .where(tasks.c.id.in_(list(retries)))
-                .values(
-                    status=TaskStatus.PENDING,
-                    available_at=now + self._backoff_us(tasks.c.attempts),
-                    last_error=_per_row(retries),
-                    lease_token=None,
-                    lease_owner_id=None,
-                    lease_expires_at=None,
-                    updated_at=now,
-                )
-            )
+        for kind, values in ((COMPLETED, completions), (FAILED, failures), (RETRIED, retries)):
+            if values:
+                statement = self._outcome_update(kind, len(values))
+                await connection.execute(statement, _per_row_parameters(values, now))
 
         # Inserted in report order, so the sequence follows the order in
         # which the outcomes were recorded.
@@ -450,6 +434,34 @@ class TaskQueue:
             statement = statement.with_for_update()
         return statement
 
+
+    def _build_outcome_update(self, kind: str, count: int):
+        """The UPDATE that records count outcomes of one kind; each row takes its own value.
+
+        Built once per kind and row count (see _outcome_update), so a report
+        only binds parameters: id_0..id_{count-1} with value_0..value_{count-1}
+        (the result or the error), and now.
+        """
+        ids = [bindparam(f"id_{index}", type_=BigInteger) for index in range(count)]
+        value_type = tasks.c.result.type if kind == COMPLETED else tasks.c.last_error.type
+        per_row = case(*[(tasks.c.id == ids[index], bindparam(f"value_{index}", type_=value_type)) for index in range(count)])
+        now = bindparam("now", type_=BigInteger)
+        statement = update(tasks).where(tasks.c.id.in_(ids))
+
+        if kind == RETRIED:
+            return statement.values(
+                status=TaskStatus.PENDING,
+                available_at=now + self._backoff_us(tasks.c.attempts),
+                last_error=per_row,
+                lease_token=None,
+                lease_owner_id=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        finished = {"lease_token": None, "lease_expires_at": None, "finished_at": now, "updated_at": now}
+        if kind == COMPLETED:
+            return statement.values(status=TaskStatus.COMPLETED, result=per_row, last_error=None, **finished)
+        return statement.values(status=TaskStatus.FAILED, last_error=per_row, **finished)
 
     def _backoff_us(self, attempts_column):
         """SQL for the delay after failed attempt n: min(base * 2^(n-1), max) * U[0.8, 1]."""
@@ -667,9 +679,13 @@ def _check_lease(
         raise Conflict(f"task {task_id} is leased to another worker")
 
 
-def _per_row(values_by_id: dict[int, Any]):
-    """SQL that gives each task row its own value, for one UPDATE over many ids."""
-    return case(values_by_id, value=tasks.c.id)
+def _per_row_parameters(values_by_id: dict[int, Any], now: int) -> dict[str, Any]:
+    """Parameters of an outcome UPDATE built by TaskQueue._build_outcome_update."""
+    parameters: dict[str, Any] = {"now": now}
+    for index, (task_id, value) in enumerate(values_by_id.items()):
+        parameters[f"id_{index}"] = task_id
+        parameters[f"value_{index}"] = value
+    return parameters
 
 
 def _single(answers: list) -> "Outcome":

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.server.api import EXAMPLES, claim, module_base64, publish, register_and_login
+from tests.server.api import EXAMPLES, claim, get_task, module_base64, publish, register_and_login
 from tests.server.test_two_servers import free_port, start_server, wait_until_up
 
 ADD_WASM = (EXAMPLES / "add.wasm").read_bytes()
@@ -96,6 +96,38 @@ async def test_batch_reports_answer_per_item(client, owner, worker):
     assert answers[1]["error"]["code"] == 409
     assert answers[2]["error"]["code"] == 404
     assert failures.json()["data"]["results"][0]["status"] == "failed"
+
+
+async def test_batch_reports_give_each_task_its_own_value(client, owner, worker):
+    for i in range(6):
+        await publish(client, owner, args=(i, 1))
+    tasks = (await client.get("/tasks?max=6", headers=worker["headers"])).json()["data"]["tasks"]
+    completed, retried, failed = tasks[:2], tasks[2:4], tasks[4:]
+
+    await client.post(
+        "/results",
+        json=[{"task_id": t["id"], "result": 100 + t["id"], "lease_token": t["lease_token"]} for t in completed],
+        headers=worker["headers"],
+    )
+    await client.post(
+        "/failures",
+        json=[
+            {"task_id": t["id"], "error_msg": f"error of {t['id']}", "lease_token": t["lease_token"], "retryable": t in retried}
+            for t in retried + failed
+        ],
+        headers=worker["headers"],
+    )
+
+    delivered = (await client.get("/results?max=10", headers=owner["headers"])).json()["data"]["results"]
+    by_id = {record["task_id"]: record for record in delivered}
+    assert set(by_id) == {t["id"] for t in completed + failed}
+    for t in completed:
+        assert by_id[t["id"]]["result"] == 100 + t["id"]
+    for t in failed:
+        assert by_id[t["id"]]["error"] == f"error of {t['id']}"
+    for t in retried:
+        view = await get_task(client, owner, t["id"])
+        assert (view["status"], view["last_error"]) == ("pending", f"error of {t['id']}")
 
 
 async def test_batch_results_delivered_in_order(client, owner, worker):
