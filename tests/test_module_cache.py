@@ -5,7 +5,7 @@ import base64
 from rainchanel.store.modules import ModuleBytesCache
 
 
-def test_put_returns_bytes_and_base64_text():
+def test_put_returns_bytes_and_text():
     cache = ModuleBytesCache(max_bytes=1024)
 
     entry = cache.put("a" * 64, b"\x00asm module")
@@ -14,7 +14,7 @@ def test_put_returns_bytes_and_base64_text():
     assert cache.get("a" * 64) == entry
 
 
-def test_put_of_a_cached_module_reuses_the_entry():
+def test_put_reuses_cached_entry():
     cache = ModuleBytesCache(max_bytes=1024)
     first = cache.put("a" * 64, b"module bytes")
 
@@ -24,7 +24,7 @@ def test_put_of_a_cached_module_reuses_the_entry():
     assert again is first
 
 
-def test_least_recently_used_module_is_evicted_first():
+def test_eviction_order_least_recent():
     module = b"m" * 30  # 30 bytes plus 40 of base64 text
     cache = ModuleBytesCache(max_bytes=150)
     cache.put("a", module)
@@ -38,7 +38,7 @@ def test_least_recently_used_module_is_evicted_first():
     assert cache.get("c") is not None
 
 
-def test_module_larger_than_the_cache_is_returned_but_not_kept():
+def test_oversized_module_not_kept():
     cache = ModuleBytesCache(max_bytes=10)
 
     entry = cache.put("a", b"x" * 100)

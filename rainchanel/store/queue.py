@@ -142,7 +142,7 @@ class TaskQueue:
         self._lock_select = self._lock_statement()
         self._delivery_select, self._delivery_delete = self._delivery_statements()
         self._records_select = select(*RECORD_COLUMNS).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
-        # Report batches mostly repeat a few sizes, so few statements are built.
+        # Report batches mostly repeat a few sizes, so only a few statements are built.
         self._outcome_update = functools.lru_cache(maxsize=OUTCOME_STATEMENT_CACHE_SIZE)(self._build_outcome_update)
 
     # --- publishing -----------------------------------------------------
@@ -436,11 +436,11 @@ class TaskQueue:
 
 
     def _build_outcome_update(self, kind: str, count: int):
-        """The UPDATE that records count outcomes of one kind; each row takes its own value.
+        """Build the UPDATE that records count outcomes of one kind, each row taking its own value.
 
-        Built once per kind and row count (see _outcome_update), so a report
-        only binds parameters: id_0..id_{count-1} with value_0..value_{count-1}
-        (the result or the error), and now.
+        It is built once per kind and row count (see _outcome_update), so a
+        report only binds parameters: id_0..id_{count-1} with
+        value_0..value_{count-1} (the result or the error), and now.
         """
         ids = [bindparam(f"id_{index}", type_=BigInteger) for index in range(count)]
         value_type = tasks.c.result.type if kind == COMPLETED else tasks.c.last_error.type
@@ -680,7 +680,7 @@ def _check_lease(
 
 
 def _per_row_parameters(values_by_id: dict[int, Any], now: int) -> dict[str, Any]:
-    """Parameters of an outcome UPDATE built by TaskQueue._build_outcome_update."""
+    """Return the parameters of an outcome UPDATE built by TaskQueue._build_outcome_update."""
     parameters: dict[str, Any] = {"now": now}
     for index, (task_id, value) in enumerate(values_by_id.items()):
         parameters[f"id_{index}"] = task_id

@@ -98,7 +98,7 @@ async def test_batch_reports_answer_per_item(client, owner, worker):
     assert failures.json()["data"]["results"][0]["status"] == "failed"
 
 
-async def test_batch_reports_give_each_task_its_own_value(client, owner, worker):
+async def test_batch_reports_per_task_values(client, owner, worker):
     for i in range(6):
         await publish(client, owner, args=(i, 1))
     tasks = (await client.get("/tasks?max=6", headers=worker["headers"])).json()["data"]["tasks"]
