@@ -341,8 +341,8 @@ How each figure is measured:
   one module stored with POST /modules; then single GET /tasks requests run one after another, timed at the client.
 - Wake-up: a GET /tasks?wait=20 request waits 0.2 s on an empty queue, then a single POST /tasks publishes one task;
   the figure is the time from the publish's response to the claim's response, at the client. With
-  `serve --workers 2` a publish handled by the other server process reaches the waiting request only through the
-  database poll of rainchanel/server/waiting.py (50 ms, doubling up to 1 s).
+  `serve --workers 2` a publish handled by the other server process reaches the waiting request through the
+  counters the processes share (rainchanel/server/waiting.py, watched every 5 ms).
 - Server RSS: psutil's resident set size of `rainchanel serve` and all its child processes (Celery: the worker and its
   pool), at the end of the run shown.
 """
