@@ -355,7 +355,7 @@ def write_docs(options: Options, report_lines: list[str]) -> None:
         "# Benchmarks",
         "",
         "RainChanel next to Celery 5 on one machine, written by `bench/compare.py`; the file is replaced on every run.",
-        "Run it with `.venv/bin/python bench/compare.py` after `pip install -e '.[bench]'`; the script's docstring"
+        "Run it with `.venv/bin/python bench/compare.py` after `.venv/bin/pip install -e '.[bench]'`; the script's docstring"
         " lists the services it needs.",
         "",
         f"## Last run: {date}",

@@ -18,7 +18,9 @@ import click
 import httpx
 
 from rainchanel import __version__
-from rainchanel.client import DEFAULT_SERVER_URL, MAX_FETCH_BATCH, MAX_WAIT_SECONDS, ApiError, RainChanelClient
+from rainchanel.client import (
+    DEFAULT_SERVER_URL, MAX_FETCH_BATCH, MAX_WAIT_SECONDS, ApiError, RainChanelClient, server_url_problem,
+)
 from rainchanel.config import load_settings
 from rainchanel.errors import RainChanelError
 
@@ -81,14 +83,24 @@ RESULTS_WAIT_SECONDS = 20.0
 # Minimum seconds between two progress lines when stderr is not a terminal.
 PROGRESS_LINE_INTERVAL_SECONDS = 2.0
 
+def check_server_url(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
+    """Reject a --server value that no request could use, such as one without http://."""
+    if value is None:
+        return None
+    problem = server_url_problem(value)
+    if problem is not None:
+        raise CliError(f"invalid --server {value!r}: {problem}, as in {DEFAULT_SERVER_URL}")
+    return value
+
+
 server_option = click.option(
     "--server", envvar="RAINCHANEL_SERVER", default=DEFAULT_SERVER_URL, show_default=True, metavar="URL",
-    help="Base URL of the RainChanel server [env: RAINCHANEL_SERVER].",
+    callback=check_server_url, help="Base URL of the RainChanel server [env: RAINCHANEL_SERVER].",
 )
 
 # For commands that use the saved login: its server is the default.
 logged_in_server_option = click.option(
-    "--server", envvar="RAINCHANEL_SERVER", metavar="URL",
+    "--server", envvar="RAINCHANEL_SERVER", metavar="URL", callback=check_server_url,
     help="Base URL of the RainChanel server (default: the server of the saved login) [env: RAINCHANEL_SERVER].",
 )
 
@@ -207,7 +219,7 @@ def register(server: str, username: str, password: str, no_login: bool) -> None:
 
 @main.command()
 @click.option(
-    "--server", envvar="RAINCHANEL_SERVER", metavar="URL",
+    "--server", envvar="RAINCHANEL_SERVER", metavar="URL", callback=check_server_url,
     help=f"Base URL of the RainChanel server (default: {DEFAULT_SERVER_URL}, or with --dev the server "
     "that `rainchanel dev` last started) [env: RAINCHANEL_SERVER].",
 )
@@ -529,7 +541,8 @@ def worker(
     """Claim tasks from the server and run them until stopped.
 
     The worker stops on SIGTERM or SIGINT. By default the worker long-polls for batches of tasks, downloads each
-    module once by its SHA-256 and reports outcomes in batches.
+    module once by its SHA-256 and reports outcomes in batches. A server that cannot be reached is retried with
+    backoff until it responds or the worker is stopped; rejected credentials end the worker at once.
 
     Logs go to stderr; LOG_FORMAT (console or json) and LOG_LEVEL (debug,
     info, warning, error) select their format and level.

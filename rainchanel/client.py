@@ -12,7 +12,7 @@ from typing import Any, overload
 
 import httpx
 
-from rainchanel.errors import RainChanelError
+from rainchanel.errors import ConfigError, RainChanelError
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -109,6 +109,19 @@ def module_reference(sha256: str) -> str:
     return MODULE_REFERENCE_PREFIX + digest
 
 
+def server_url_problem(url: str) -> str | None:
+    """Return why url cannot be the base URL of a server, or None when it can."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        return str(exc)
+    if parsed.scheme not in ("http", "https"):
+        return "it must start with http:// or https://"
+    if not parsed.host:
+        return "it names no host"
+    return None
+
+
 class RainChanelClient:
     """Client for one RainChanel server.
 
@@ -124,6 +137,9 @@ class RainChanelClient:
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        problem = server_url_problem(base_url)
+        if problem is not None:
+            raise ConfigError(f"invalid server URL {base_url!r}: {problem}, as in {DEFAULT_SERVER_URL}")
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_seconds = timeout

@@ -69,6 +69,21 @@ def test_submit_without_login_fails(config_dir):
     assert result.stderr == "error: not logged in; run: rainchanel login\n"
 
 
+@pytest.mark.parametrize(
+    ("command", "url", "problem"),
+    [
+        (["worker", "--username", "w", "--password", "p"], "localhost:8080", "it must start with http:// or https://"),
+        (["login", "--username", "u", "--password", "p"], "127.0.0.1:8080", "it must start with http:// or https://"),
+        (["results"], "http://", "it names no host"),
+    ],
+)
+def test_server_url_without_scheme_rejected(config_dir, command, url, problem):
+    result = run(command[0], "--server", url, *command[1:])
+
+    assert result.exit_code == 1
+    assert result.stderr == f"error: invalid --server {url!r}: {problem}, as in http://127.0.0.1:8080\n"
+
+
 def test_submit_unknown_function_lists_exports(logged_in):
     result = run("submit", str(MATH_WASM), "nope")
 

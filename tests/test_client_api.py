@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from rainchanel.client import ApiError, RainChanelClient, TaskRequest
-from rainchanel.errors import RainChanelError
+from rainchanel.errors import ConfigError, RainChanelError
 
 
 def make_client(handler, token="t0"):
@@ -20,6 +20,14 @@ def envelope(data, status=200):
 
 def error(status, message):
     return httpx.Response(status, json={"error": {"code": status, "message": message}})
+
+
+def test_client_rejects_url_without_scheme():
+    with pytest.raises(ConfigError) as caught:
+        RainChanelClient("localhost:8080")
+
+    assert "must start with http:// or https://" in str(caught.value)
+    assert isinstance(caught.value, RainChanelError)
 
 
 def test_client_login_keeps_token():
