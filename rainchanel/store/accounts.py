@@ -26,8 +26,8 @@ class AccountStore:
     async def create_user(self, username: str, password_hash: str) -> int:
         """Insert a user and return its id; raise Conflict when the name is taken."""
 
-        async def operation(connection):
-            result = await connection.execute(
+        def operation(connection):
+            result = connection.execute(
                 insert(users).values(username=username, password_hash=password_hash, created_at=now_us())
             )
             return result.inserted_primary_key[0]
@@ -42,8 +42,8 @@ class AccountStore:
     async def find_user(self, username: str) -> User | None:
         statement = select(users.c.id, users.c.username, users.c.password_hash).where(users.c.username == username)
 
-        async def operation(connection):
-            return (await connection.execute(statement)).first()
+        def operation(connection):
+            return connection.execute(statement).first()
 
         row = await self.db.read(operation)
         return User(*row) if row else None
@@ -56,11 +56,11 @@ class AccountStore:
         every server reads back that one value.
         """
 
-        async def operation(connection):
-            existing = await connection.scalar(select(server_settings.c.value).where(server_settings.c.name == name))
+        def operation(connection):
+            existing = connection.scalar(select(server_settings.c.value).where(server_settings.c.name == name))
             if existing is not None:
                 return existing, False
-            await connection.execute(insert(server_settings).values(name=name, value=candidate))
+            connection.execute(insert(server_settings).values(name=name, value=candidate))
             return candidate, True
 
         try:

@@ -1,16 +1,17 @@
 """Engine set-up and transactions with retries, for SQLite and MySQL/MariaDB."""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
 from sqlalchemy import BigInteger, event
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.util import greenlet_spawn
 
 from rainchanel.errors import ServiceUnavailable
 
@@ -77,47 +78,52 @@ class Database:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """Open one transaction; on SQLite it holds the write lock from the start."""
-        if self._sqlite_writer is None:
-            async with self.engine.begin() as connection:
-                yield connection
-            return
+    async def run(self, operation: Callable[[Connection], T]) -> T:
+        """Run operation in a transaction, again after a deadlock or a dropped connection.
 
-        async with self._sqlite_writer:
-            async with self.engine.begin() as connection:
-                yield connection
+        operation is a plain function of a synchronous Connection. It runs
+        inside one greenlet, where each statement waits on the async driver,
+        so a transaction starts one greenlet instead of one per statement.
+        """
+        return await self._with_retries(operation, read_only=False)
 
-    @asynccontextmanager
-    async def reading(self) -> AsyncIterator[AsyncConnection]:
-        """Open a connection for reads only; on SQLite it does not take the write lock."""
-        async with self.engine.connect() as connection:
-            await connection.execution_options(**{READ_ONLY_OPTION: True})
-            yield connection
+    async def read(self, operation: Callable[[Connection], T]) -> T:
+        """Run a read-only operation as run() does, again after a dropped connection.
 
-    async def run(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run operation in a transaction, again after a deadlock or a dropped connection."""
-        return await self._with_retries(operation, self.transaction)
+        On SQLite the reads do not take the write lock.
+        """
+        return await self._with_retries(operation, read_only=True)
 
-    async def read(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run a read-only operation, again after a dropped connection."""
-        return await self._with_retries(operation, self.reading)
-
-    async def _with_retries(self, operation, open_connection) -> T:
+    async def _with_retries(self, operation: Callable[[Connection], T], read_only: bool) -> T:
         # A connection the database server dropped fails on first use; the
         # pool then discards every connection it holds, so the next attempt
         # gets a fresh one. This replaces a ping before every checkout.
         for attempt in range(1, MAX_TRANSACTION_ATTEMPTS + 1):
             try:
-                async with open_connection() as connection:
-                    return await operation(connection)
+                return await self._attempt(operation, read_only)
             except DBAPIError as exc:
                 if attempt == MAX_TRANSACTION_ATTEMPTS or not _is_transient(exc):
                     raise
                 log.info("transaction_retried", attempt=attempt, error=_error_summary(exc))
                 await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
         raise AssertionError("unreachable")
+
+    async def _attempt(self, operation: Callable[[Connection], T], read_only: bool) -> T:
+        if read_only or self._sqlite_writer is None:
+            return await greenlet_spawn(self._in_transaction, operation, read_only)
+        async with self._sqlite_writer:
+            return await greenlet_spawn(self._in_transaction, operation, read_only)
+
+    def _in_transaction(self, operation: Callable[[Connection], T], read_only: bool) -> T:
+        # The async engine's own methods do the same on its sync_engine, each
+        # call in a greenlet of its own.
+        engine = self.engine.sync_engine
+        if read_only:
+            with engine.connect() as connection:
+                connection.execution_options(**{READ_ONLY_OPTION: True})
+                return operation(connection)
+        with engine.begin() as connection:
+            return operation(connection)
 
     async def ping(self) -> None:
         """Raise ServiceUnavailable unless a trivial query succeeds."""

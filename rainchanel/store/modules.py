@@ -6,7 +6,7 @@ from threading import Lock
 
 from sqlalchemy import select
 from sqlalchemy.dialects import mysql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from rainchanel.store.database import Database, now_us
 from rainchanel.store.tables import modules
@@ -52,7 +52,7 @@ class ModuleStore:
         self.db = db
         self.cache = ModuleBytesCache(cache_max_bytes)
 
-    async def save(self, connection: AsyncConnection, sha256: str, wasm: bytes) -> None:
+    def save(self, connection: Connection, sha256: str, wasm: bytes) -> None:
         """Insert the module unless a row with its hash exists (inside the caller's transaction)."""
         if self.cache.get(sha256) is not None:
             return
@@ -64,7 +64,7 @@ class ModuleStore:
             # the second insert a no-op instead of an error.
             statement = mysql.insert(modules).values(values)
             statement = statement.on_duplicate_key_update(sha256=statement.inserted.sha256)
-        await connection.execute(statement)
+        connection.execute(statement)
 
     async def store(self, sha256: str, wasm: bytes) -> None:
         """Insert the module in its own transaction."""
@@ -77,7 +77,7 @@ class ModuleStore:
         statement = select(modules.c.size_bytes).where(modules.c.sha256 == sha256)
         return await self.db.read(lambda connection: connection.scalar(statement)) is not None
 
-    async def load_many(self, connection: AsyncConnection, hashes: set[str]) -> dict[str, tuple[bytes, str]]:
+    def load_many(self, connection: Connection, hashes: set[str]) -> dict[str, tuple[bytes, str]]:
         """Return (bytes, base64 text) for each hash, from the cache or the database."""
         found: dict[str, tuple[bytes, str]] = {}
         missing = []
@@ -88,7 +88,7 @@ class ModuleStore:
             else:
                 found[sha256] = entry
         if missing:
-            rows = await connection.execute(select(modules.c.sha256, modules.c.wasm).where(modules.c.sha256.in_(missing)))
+            rows = connection.execute(select(modules.c.sha256, modules.c.wasm).where(modules.c.sha256.in_(missing)))
             for sha256, wasm in rows:
                 found[sha256] = self.cache.put(sha256, bytes(wasm))
         return found

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import BigInteger, Integer, String, bindparam, case, cast, delete, func, insert, literal, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from rainchanel.errors import Conflict, Forbidden, NotFound, RainChanelError
 from rainchanel.store.clock import seconds_to_us
@@ -150,22 +150,22 @@ class TaskQueue:
     async def publish(self, new_tasks: list[NewTask]) -> list[int]:
         """Store the tasks (and any module not stored yet) in one transaction."""
 
-        async def operation(connection: AsyncConnection) -> list[int]:
+        def operation(connection: Connection) -> list[int]:
             for sha256, wasm in {t.module_sha256: t.wasm for t in new_tasks}.items():
-                await self.modules.save(connection, sha256, wasm)
+                self.modules.save(connection, sha256, wasm)
 
             if len(new_tasks) == 1:
                 # The clock expression inside the INSERT saves a round trip.
-                result = await connection.execute(insert(tasks).values(self._task_row(new_tasks[0], now_us())))
+                result = connection.execute(insert(tasks).values(self._task_row(new_tasks[0], now_us())))
                 return [result.inserted_primary_key[0]]
 
-            now = await connection.scalar(select(now_us()))
+            now = connection.scalar(select(now_us()))
             rows = [self._task_row(new_task, now) for new_task in new_tasks]
             if connection.dialect.insert_executemany_returning_sort_by_parameter_order:
                 statement = insert(tasks).returning(tasks.c.id, sort_by_parameter_order=True)
-                return list((await connection.execute(statement, rows)).scalars())
+                return list(connection.execute(statement, rows).scalars())
             # MySQL 8 has no INSERT ... RETURNING: one statement per task.
-            return [(await connection.execute(insert(tasks).values(row))).inserted_primary_key[0] for row in rows]
+            return [connection.execute(insert(tasks).values(row)).inserted_primary_key[0] for row in rows]
 
         task_ids = await self.db.run(operation)
         for sha256, wasm in {t.module_sha256: t.wasm for t in new_tasks}.items():
@@ -197,8 +197,8 @@ class TaskQueue:
     async def claim(self, worker_id: int, max_tasks: int = 1) -> list[ClaimedTask]:
         """Lease up to max_tasks available tasks to worker_id, best first."""
 
-        async def operation(connection: AsyncConnection) -> list[ClaimedTask]:
-            rows = (await connection.execute(self._claim_select, {"max_tasks": max_tasks})).all()
+        def operation(connection: Connection) -> list[ClaimedTask]:
+            rows = connection.execute(self._claim_select, {"max_tasks": max_tasks}).all()
             if not rows:
                 return []
 
@@ -206,11 +206,11 @@ class TaskQueue:
             token_prefix = secrets.token_urlsafe(LEASE_TOKEN_BYTES) + "."
             # The rows are locked (SKIP LOCKED on MySQL, the write lock on
             # SQLite), so updating them by primary key cannot lose a race.
-            await connection.execute(
+            connection.execute(
                 self._claim_update,
                 {"ids": [row.id for row in rows], "token_prefix": token_prefix, "worker_id": worker_id, "now": now},
             )
-            module_bytes = await self.modules.load_many(connection, {row.module_sha256 for row in rows})
+            module_bytes = self.modules.load_many(connection, {row.module_sha256 for row in rows})
             return [self._claimed(row, token_prefix, module_bytes[row.module_sha256], now) for row in rows]
 
         return await self.db.run(operation)
@@ -293,8 +293,8 @@ class TaskQueue:
         does not stop the others.
         """
 
-        async def operation(connection: AsyncConnection) -> list[Outcome | RainChanelError]:
-            leases = await self._lock_leases(connection, {report.task_id for report in reports})
+        def operation(connection: Connection) -> list[Outcome | RainChanelError]:
+            leases = self._lock_leases(connection, {report.task_id for report in reports})
             answers: list[Outcome | RainChanelError] = []
             for report in reports:
                 lease = leases.get(report.task_id)
@@ -311,7 +311,7 @@ class TaskQueue:
 
             accepted = [(report, answer) for report, answer in zip(reports, answers) if isinstance(answer, Outcome)]
             if accepted:
-                await self._apply(connection, accepted, now=next(iter(leases.values()))["now"])
+                self._apply(connection, accepted, now=next(iter(leases.values()))["now"])
             return answers
 
         return await self.db.run(operation)
@@ -346,7 +346,7 @@ class TaskQueue:
             return Outcome(status=TaskStatus.PENDING, run_seconds=run_seconds, retried=True, **fields)
         return Outcome(status=TaskStatus.FAILED, run_seconds=run_seconds, **fields)
 
-    async def _apply(self, connection: AsyncConnection, accepted: list[tuple["Report", Outcome]], now: int) -> None:
+    def _apply(self, connection: Connection, accepted: list[tuple["Report", Outcome]], now: int) -> None:
         completions = {r.task_id: r.result_json for r, o in accepted if o.status == TaskStatus.COMPLETED}
         failures = {r.task_id: r.error for r, o in accepted if o.status == TaskStatus.FAILED}
         retries = {r.task_id: r.error for r, o in accepted if o.retried}
@@ -355,7 +355,7 @@ class TaskQueue:
         for kind, values in ((COMPLETED, completions), (FAILED, failures), (RETRIED, retries)):
             if values:
                 statement = self._outcome_update(kind, len(values))
-                await connection.execute(statement, _per_row_parameters(values, now))
+                connection.execute(statement, _per_row_parameters(values, now))
 
         # Inserted in report order, so the sequence follows the order in
         # which the outcomes were recorded.
@@ -365,16 +365,16 @@ class TaskQueue:
             if outcome.status in TERMINAL_STATUSES
         ]
         if deliveries:
-            await connection.execute(insert(undelivered_results), deliveries)
+            connection.execute(insert(undelivered_results), deliveries)
 
     async def heartbeat(self, task_id: int, user_id: int, lease_token: str) -> int:
         """Extend the lease to the task's timeout from now; return the new expiry."""
 
-        async def operation(connection: AsyncConnection) -> int:
-            lease = (await self._lock_leases(connection, {task_id})).get(task_id)
+        def operation(connection: Connection) -> int:
+            lease = (self._lock_leases(connection, {task_id})).get(task_id)
             _check_lease(lease, task_id, user_id, lease_token, None, require_holder=True)
             expires_at = lease["now"] + lease["timeout_seconds"] * 1_000_000
-            await connection.execute(
+            connection.execute(
                 update(tasks).where(tasks.c.id == task_id).values(lease_expires_at=expires_at, updated_at=lease["now"])
             )
             return expires_at
@@ -387,10 +387,10 @@ class TaskQueue:
         available_at is left as it was, so the task keeps its place in the queue.
         """
 
-        async def operation(connection: AsyncConnection) -> None:
-            lease = (await self._lock_leases(connection, {task_id})).get(task_id)
+        def operation(connection: Connection) -> None:
+            lease = (self._lock_leases(connection, {task_id})).get(task_id)
             _check_lease(lease, task_id, user_id, lease_token, None, require_holder=True)
-            await connection.execute(
+            connection.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id)
                 .values(
@@ -405,9 +405,9 @@ class TaskQueue:
 
         await self.db.run(operation)
 
-    async def _lock_leases(self, connection: AsyncConnection, task_ids: set[int]) -> dict[int, dict]:
+    def _lock_leases(self, connection: Connection, task_ids: set[int]) -> dict[int, dict]:
         """Lock the task rows (in id order) and return their lease state by id."""
-        rows = await connection.execute(self._lock_select, {"ids": sorted(task_ids)})
+        rows = connection.execute(self._lock_select, {"ids": sorted(task_ids)})
         return {row.id: dict(row._mapping) for row in rows}
 
     def _lock_statement(self):
@@ -478,9 +478,9 @@ class TaskQueue:
     async def reclaim_expired(self) -> tuple[int, int]:
         """Treat every expired lease as a failed attempt; return (retried, failed)."""
 
-        async def operation(connection: AsyncConnection) -> tuple[int, int]:
+        def operation(connection: Connection) -> tuple[int, int]:
             expired_ids = (
-                await connection.scalars(
+                connection.scalars(
                     select(tasks.c.id)
                     .where(tasks.c.status == TaskStatus.PROCESSING, tasks.c.lease_expires_at < now_us())
                     .order_by(tasks.c.lease_expires_at)
@@ -491,11 +491,11 @@ class TaskQueue:
                 return 0, 0
 
             marker = "reclaim:" + secrets.token_urlsafe(16)
-            reclaimed = await connection.execute(self._reclaim_statement(expired_ids, marker))
+            reclaimed = connection.execute(self._reclaim_statement(expired_ids, marker))
             if reclaimed.rowcount == 0:
                 return 0, 0
 
-            failed_for_good = await connection.execute(
+            failed_for_good = connection.execute(
                 insert(undelivered_results).from_select(
                     ["owner_id", "task_id"],
                     select(tasks.c.owner_id, tasks.c.id).where(
@@ -503,7 +503,7 @@ class TaskQueue:
                     ),
                 )
             )
-            await connection.execute(
+            connection.execute(
                 update(tasks).where(tasks.c.id.in_(expired_ids), tasks.c.lease_token == marker).values(lease_token=None)
             )
             failed = failed_for_good.rowcount
@@ -548,14 +548,14 @@ class TaskQueue:
     async def deliver_results(self, owner_id: int, max_results: int = 1) -> list[TaskRecord]:
         """Hand the owner's oldest undelivered outcomes over, each exactly once."""
 
-        async def operation(connection: AsyncConnection) -> list[TaskRecord]:
+        def operation(connection: Connection) -> list[TaskRecord]:
             parameters = {"owner_id": owner_id, "max_results": max_results}
-            pending = (await connection.execute(self._delivery_select, parameters)).all()
+            pending = connection.execute(self._delivery_select, parameters).all()
             if not pending:
                 return []
 
-            await connection.execute(self._delivery_delete, {"seqs": [row.seq for row in pending]})
-            records = await self._load_records(connection, [row.task_id for row in pending])
+            connection.execute(self._delivery_delete, {"seqs": [row.seq for row in pending]})
+            records = self._load_records(connection, [row.task_id for row in pending])
             delivered = []
             for row in pending:
                 if row.task_id in records:
@@ -585,8 +585,8 @@ class TaskQueue:
         """Queue delivered records again at their old places, for a response that could not be sent."""
         rows = [{"seq": r.delivery_seq, "owner_id": r.owner_id, "task_id": r.id} for r in records]
 
-        async def operation(connection: AsyncConnection) -> None:
-            await connection.execute(insert(undelivered_results), rows)
+        def operation(connection: Connection) -> None:
+            connection.execute(insert(undelivered_results), rows)
 
         await self.db.run(operation)
 
@@ -599,13 +599,13 @@ class TaskQueue:
             raise NotFound(f"task {task_id} not found")
         return record
 
-    async def _load_records(self, connection, task_ids: list[int]) -> dict[int, TaskRecord]:
-        rows = await connection.execute(self._records_select, {"ids": task_ids})
+    def _load_records(self, connection, task_ids: list[int]) -> dict[int, TaskRecord]:
+        rows = connection.execute(self._records_select, {"ids": task_ids})
         return {row.id: _record(row) for row in rows}
 
     async def count_by_status(self) -> dict[str, int]:
-        async def operation(connection):
-            return (await connection.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status))).all()
+        def operation(connection):
+            return connection.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status)).all()
 
         counts = {status.value: 0 for status in ALL_STATUSES}
         for status, count in await self.db.read(operation):

@@ -5,6 +5,7 @@ import asyncio
 import pytest
 import sqlalchemy
 from sqlalchemy import text
+from sqlalchemy.util import await_only
 
 from rainchanel.store.database import Database
 from rainchanel.store.migrate import upgrade_database
@@ -16,9 +17,12 @@ async def mariadb(mariadb_database):
     url = mariadb_database
     upgrade_database(url)
     db = Database(url, pool_size=4)
-    async with db.transaction() as connection:
-        await connection.execute(text("CREATE TABLE pair (id INT PRIMARY KEY, value INT) ENGINE=InnoDB"))
-        await connection.execute(text("INSERT INTO pair VALUES (1, 0), (2, 0)"))
+
+    def create_pair(connection):
+        connection.execute(text("CREATE TABLE pair (id INT PRIMARY KEY, value INT) ENGINE=InnoDB"))
+        connection.execute(text("INSERT INTO pair VALUES (1, 0), (2, 0)"))
+
+    await db.run(create_pair)
     yield db
     await db.close()
 
@@ -28,12 +32,13 @@ async def test_database_deadlock_retried(mariadb):
     attempts = {"forward": 0, "backward": 0}
 
     def locking(name: str, first: int, second: int):
-        async def operation(connection):
+        def operation(connection):
             attempts[name] += 1
-            await connection.execute(text("UPDATE pair SET value = value + 1 WHERE id = :id"), {"id": first})
+            connection.execute(text("UPDATE pair SET value = value + 1 WHERE id = :id"), {"id": first})
             if attempts[name] == 1:
-                await both_hold_first_lock.wait()
-            await connection.execute(text("UPDATE pair SET value = value + 1 WHERE id = :id"), {"id": second})
+                # Operations run in a greenlet, which waits on the event loop through await_only.
+                await_only(both_hold_first_lock.wait())
+            connection.execute(text("UPDATE pair SET value = value + 1 WHERE id = :id"), {"id": second})
             return name
 
         return operation
