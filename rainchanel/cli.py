@@ -83,6 +83,7 @@ RESULTS_WAIT_SECONDS = 20.0
 # Minimum seconds between two progress lines when stderr is not a terminal.
 PROGRESS_LINE_INTERVAL_SECONDS = 2.0
 
+
 def check_server_url(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
     """Reject a --server value that no request could use, such as one without http://."""
     if value is None:
