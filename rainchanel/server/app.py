@@ -18,6 +18,7 @@ from rainchanel.server.middleware import BodyLimitMiddleware, JsonBodyMiddleware
 from rainchanel.server.reclaim import run_reclaim_loop
 from rainchanel.server.routes import accounts, modules, ops, results, tasks
 from rainchanel.server.services import open_services
+from rainchanel.server.waiting import watch_database
 from rainchanel.store.migrate import upgrade_database
 
 log = structlog.get_logger("rainchanel.server")
@@ -39,17 +40,20 @@ def create_app(settings: Settings, migrate: bool = True, metrics: Metrics | None
                 services.queue, metrics, settings.task.stale_check_interval_seconds, stopping, services.result_signal
             )
         )
-        relays = [asyncio.create_task(signal.relay_shared()) for signal in (services.task_signal, services.result_signal)]
+        # Background tasks that wake long polls: the shared counters of
+        # `serve --workers N` and the database watch for waiting claims.
+        wakers = [asyncio.create_task(signal.relay_shared()) for signal in (services.task_signal, services.result_signal)]
+        wakers.append(asyncio.create_task(watch_database(services.task_signal, services.queue.has_claimable)))
         log.info("server_started", version=__version__, database=services.db.engine.dialect.name)
         try:
             yield
         finally:
             stopping.set()
             await reclaimer
-            for relay in relays:
-                relay.cancel()
+            for waker in wakers:
+                waker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await relay
+                    await waker
             await services.close()
             log.info("server_stopped")
 

@@ -3,19 +3,27 @@
 A publish (or a recorded outcome) in this process wakes its waiters at once.
 The processes of one `serve --workers N` also share a small memory-mapped
 file of counters, watched every few milliseconds, so a publish in one wakes
-the waiters of the others. Work recorded by a server on another host is
-found by polling the database with a bounded backoff, so such a wake-up
-takes at most about a second.
+the waiters of the others. Work recorded by a server on another host, and
+delayed or retried tasks whose time has come, are found by polling the
+database with a bounded backoff, so such a wake-up takes at most about a
+second. Waiting claims share one poll per process (watch_database), so idle
+workers cost the database the same however many there are.
 """
 
 import asyncio
+import contextlib
 import mmap
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import structlog
+from sqlalchemy.exc import DBAPIError
+
 T = TypeVar("T")
+
+log = structlog.get_logger("rainchanel.waiting")
 
 FIRST_POLL_SECONDS = 0.05
 MAX_POLL_SECONDS = 1.0
@@ -24,6 +32,9 @@ MAX_WAIT_SECONDS = 30
 BATCH_LINGER_SECONDS = 0.01
 # How often each process looks at the counters the other processes bump.
 SHARED_WATCH_SECONDS = 0.005
+# How often a request waiting without its own database polls checks that
+# its client is still connected.
+DISCONNECT_CHECK_SECONDS = 1.0
 COUNTER_FORMAT = "Q"
 COUNTER_BYTES = struct.calcsize(COUNTER_FORMAT)
 
@@ -58,6 +69,9 @@ class Signal:
         self._event = asyncio.Event()
         self._shared = shared
         self._slot = slot
+        # Requests that wait for this signal without polling the database.
+        self.waiting_requests = 0
+        self._requests_waiting = asyncio.Event()
 
     def notify(self) -> None:
         """Wake this process's waiters and, through the shared counter, the other processes'."""
@@ -85,6 +99,51 @@ class Signal:
         """Return the event the next notify() sets; take it before checking for work."""
         return self._event
 
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Count a request that relies on watch_database() to find work in the database."""
+        self.waiting_requests += 1
+        self._requests_waiting.set()
+        try:
+            yield
+        finally:
+            self.waiting_requests -= 1
+            if self.waiting_requests == 0:
+                self._requests_waiting.clear()
+
+    async def wait_for_requests(self) -> bool:
+        """Block until a request is waiting; return whether this call had to block."""
+        if self.waiting_requests:
+            return False
+        await self._requests_waiting.wait()
+        return True
+
+
+async def watch_database(signal: Signal, probe: Callable[[], Awaitable[bool]]) -> None:
+    """Wake the signal's waiters whenever probe() finds work; runs until cancelled.
+
+    One probe serves every request waiting in this process. It runs only
+    while requests wait, 50 ms after they start and then at doubling
+    intervals up to a second while it finds nothing.
+    """
+    interval = FIRST_POLL_SECONDS
+    while True:
+        if await signal.wait_for_requests():
+            interval = FIRST_POLL_SECONDS
+        await asyncio.sleep(interval)
+        if not signal.waiting_requests:
+            continue
+        try:
+            found = await probe()
+        except (DBAPIError, OSError) as exc:
+            log.warning("work_probe_failed", error=f"{type(exc).__name__}: {exc}")
+            found = False
+        if found:
+            signal.notify_local()
+            interval = FIRST_POLL_SECONDS
+        else:
+            interval = min(interval * 2, MAX_POLL_SECONDS)
+
 
 async def _wait(event: asyncio.Event, timeout_seconds: float) -> None:
     try:
@@ -99,6 +158,7 @@ async def fetch_or_wait(
     wait_seconds: float,
     disconnected: Callable[[], Awaitable[bool]],
     linger_seconds: float = 0,
+    poll_database: bool = True,
 ) -> list[T]:
     """Call fetch until it returns something, wait_seconds pass or the client goes away.
 
@@ -106,6 +166,9 @@ async def fetch_or_wait(
     something, and undo it, because the client can leave during the fetch.
     After a wake-up, linger_seconds pass before the next fetch so that a
     batch request collects the work that arrives in a burst, not its first item.
+    With poll_database, the request fetches again at doubling intervals on its
+    own and once more when the wait is over. Without it, the request fetches
+    only when the signal fires, so a watch_database() task must run for the signal.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
@@ -122,7 +185,28 @@ async def fetch_or_wait(
         remaining = deadline - loop.time()
         if items or remaining <= 0:
             return items
-        await _wait(event, min(poll_seconds, remaining))
+
+        if poll_database:
+            await _wait(event, min(poll_seconds, remaining))
+            poll_seconds = min(poll_seconds * 2, MAX_POLL_SECONDS)
+        else:
+            with signal.waiting():
+                await _wait_for_signal(event, deadline, disconnected)
+            if not event.is_set():
+                # Work that appeared since the watch's last probe goes to the
+                # client's next request, which fetches as it starts.
+                return []
         if linger_seconds and event.is_set():
             await asyncio.sleep(min(linger_seconds, max(0.0, deadline - loop.time())))
-        poll_seconds = min(poll_seconds * 2, MAX_POLL_SECONDS)
+
+
+async def _wait_for_signal(event: asyncio.Event, deadline: float, disconnected: Callable[[], Awaitable[bool]]) -> None:
+    """Wait until event is set, the deadline passes or the client goes away."""
+    loop = asyncio.get_running_loop()
+    while not event.is_set():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        await _wait(event, min(DISCONNECT_CHECK_SECONDS, remaining))
+        if not event.is_set() and await disconnected():
+            return

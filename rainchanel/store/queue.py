@@ -139,6 +139,9 @@ class TaskQueue:
         self.modules = module_store
         self.backoff = backoff
         self._claim_select, self._claim_update = self._claim_statements()
+        self._claimable_probe = (
+            select(tasks.c.id).where(tasks.c.status == TaskStatus.PENDING, tasks.c.available_at <= now_us()).limit(1)
+        )
         self._lock_select = self._lock_statement()
         self._delivery_select, self._delivery_delete = self._delivery_statements()
         self._records_select = select(*RECORD_COLUMNS).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
@@ -214,6 +217,10 @@ class TaskQueue:
             return [self._claimed(row, token_prefix, module_bytes[row.module_sha256], now) for row in rows]
 
         return await self.db.run(operation)
+
+    async def has_claimable(self) -> bool:
+        """Return whether a pending task is available now, without locking or claiming it."""
+        return await self.db.read(lambda connection: connection.execute(self._claimable_probe).first() is not None)
 
     def _claim_statements(self):
         """Build the claim's SELECT and UPDATE once; they run with bound parameters."""

@@ -5,6 +5,7 @@ import hashlib
 import time
 
 import httpx
+from sqlalchemy import event
 
 from tests.server.api import EXAMPLES, claim, get_task, module_base64, publish, register_and_login
 from tests.server.test_two_servers import free_port, start_server, wait_until_up
@@ -45,6 +46,40 @@ async def test_long_poll_results_wake_on_outcome(client, owner, worker):
 
     assert response.status_code == 200
     assert response.json()["data"]["result"]["result"] == 5
+
+
+async def test_claim_wakes_after_delay(client, owner, worker):
+    waiting = asyncio.create_task(client.get("/tasks?wait=10", headers=worker["headers"]))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+
+    task_id = await publish(client, owner, delay_seconds=0.5)
+    response = await waiting
+
+    assert response.status_code == 200
+    assert response.json()["data"]["task"]["id"] == task_id
+    assert time.monotonic() - started < 3, "found by the database watch, not at the end of the 10 s wait"
+
+
+async def test_idle_claims_share_database_polls(client, worker, services):
+    statements = []
+
+    def record(connection, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    engine = services.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        waiting = [client.get("/tasks?wait=2&max=5", headers=worker["headers"]) for _ in range(10)]
+        responses = await asyncio.gather(*waiting)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    claims = [statement for statement in statements if "ORDER BY tasks.priority DESC" in statement]
+    probes = [statement for statement in statements if statement.startswith("SELECT tasks.id \nFROM tasks") and "ORDER BY" not in statement]
+    assert [response.status_code for response in responses] == [404] * 10
+    assert len(claims) == 10, "one claim as each request starts, none while it waits"
+    assert 1 <= len(probes) <= 8, "one probe per interval (50 ms doubling to 1 s) for all ten requests"
 
 
 async def test_wait_over_limit_rejected(client, worker):

@@ -147,6 +147,8 @@ async def claim(
         wait,
         request.is_disconnected,
         linger_seconds=BATCH_LINGER_SECONDS if max else 0,
+        # The server's watch_database task polls the database once for all waiting claims.
+        poll_database=False,
     )
     if claimed and wait and await request.is_disconnected():
         # The long poll's client left while its claim ran. Release the tasks
