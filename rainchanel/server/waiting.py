@@ -1,7 +1,8 @@
 """Long polling: wake waiting requests when work arrives.
 
 A publish (or a recorded outcome) in this process wakes its waiters at once.
-The processes of one `serve --workers N` also share a small memory-mapped
+A publish wakes only as many waiting claims as it added tasks, because each
+claim takes at least one. The processes of one `serve --workers N` also share a small memory-mapped
 file of counters, watched every few milliseconds, so a publish in one wakes
 the waiters of the others. Work recorded by a server on another host, and
 delayed or retried tasks whose time has come, are found by polling the
@@ -62,26 +63,55 @@ class SharedCounters:
         struct.pack_into(COUNTER_FORMAT, self._map, slot * COUNTER_BYTES, value)
 
 
+class WakeUp:
+    """One notify() of a Signal: the event its waiters wait for, and how many of them may fetch."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        # None lets every waiter fetch. A number lets that many fetch, because
+        # a fetch takes at least one item, and the others keep waiting.
+        self.tickets: int | None = None
+        # The wake-up that replaced this one, set when this one fires.
+        self.next: "WakeUp | None" = None
+
+    def take_ticket(self) -> bool:
+        """Return whether the caller may fetch after this wake-up."""
+        if self.tickets is None:
+            return True
+        if self.tickets <= 0:
+            return False
+        self.tickets -= 1
+        return True
+
+
 class Signal:
-    """A broadcast wake-up: every waiter present when notify() runs returns."""
+    """A wake-up for waiting requests: notify() wakes every waiter present, or as many as there are new items."""
 
     def __init__(self, shared: SharedCounters | None = None, slot: int = 0) -> None:
-        self._event = asyncio.Event()
+        self._wake_up = WakeUp()
         self._shared = shared
         self._slot = slot
         # Requests that wait for this signal without polling the database.
         self.waiting_requests = 0
         self._requests_waiting = asyncio.Event()
 
-    def notify(self) -> None:
-        """Wake this process's waiters and, through the shared counter, the other processes'."""
-        self.notify_local()
+    def notify(self, count: int | None = None) -> None:
+        """Wake this process's waiters and, through the shared counter, the other processes'.
+
+        count is how many items arrived: that many local waiters fetch, all
+        of them when it is None. Other processes learn only that something
+        changed, so there all waiters fetch.
+        """
+        self.notify_local(count)
         if self._shared is not None:
             self._shared.bump(self._slot)
 
-    def notify_local(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+    def notify_local(self, count: int | None = None) -> None:
+        fired = self._wake_up
+        self._wake_up = WakeUp()
+        fired.tickets = count
+        fired.next = self._wake_up
+        fired.event.set()
 
     async def relay_shared(self) -> None:
         """Wake local waiters whenever another process bumps the counter; runs until cancelled."""
@@ -95,9 +125,9 @@ class Signal:
                 seen = value
                 self.notify_local()
 
-    def current(self) -> asyncio.Event:
-        """Return the event the next notify() sets; take it before checking for work."""
-        return self._event
+    def current(self) -> WakeUp:
+        """Return the wake-up the next notify() fires; take it before checking for work."""
+        return self._wake_up
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
@@ -180,33 +210,43 @@ async def fetch_or_wait(
         first = False
         # Taken before the fetch, so a notify() that lands between an empty
         # fetch and the wait below still wakes this request.
-        event = signal.current()
+        wake_up = signal.current()
         items = await fetch()
         remaining = deadline - loop.time()
         if items or remaining <= 0:
             return items
 
         if poll_database:
-            await _wait(event, min(poll_seconds, remaining))
+            await _wait(wake_up.event, min(poll_seconds, remaining))
             poll_seconds = min(poll_seconds * 2, MAX_POLL_SECONDS)
         else:
             with signal.waiting():
-                await _wait_for_signal(event, deadline, disconnected)
-            if not event.is_set():
+                wake_up = await _wait_for_turn(wake_up, deadline, disconnected)
+            if wake_up is None:
                 # Work that appeared since the watch's last probe goes to the
                 # client's next request, which fetches as it starts.
                 return []
-        if linger_seconds and event.is_set():
+        if linger_seconds and wake_up.event.is_set():
             await asyncio.sleep(min(linger_seconds, max(0.0, deadline - loop.time())))
 
 
-async def _wait_for_signal(event: asyncio.Event, deadline: float, disconnected: Callable[[], Awaitable[bool]]) -> None:
-    """Wait until event is set, the deadline passes or the client goes away."""
+async def _wait_for_turn(
+    wake_up: WakeUp, deadline: float, disconnected: Callable[[], Awaitable[bool]]
+) -> WakeUp | None:
+    """Wait for a wake-up with a ticket for this request; None when the deadline passes or the client leaves.
+
+    A request without a ticket moves on to the wake-ups that followed, in
+    order, so it does not skip the tickets of a wake-up that fired meanwhile.
+    """
     loop = asyncio.get_running_loop()
-    while not event.is_set():
+    while True:
+        while wake_up.event.is_set():
+            if wake_up.take_ticket():
+                return wake_up
+            wake_up = wake_up.next
         remaining = deadline - loop.time()
         if remaining <= 0:
-            return
-        await _wait(event, min(DISCONNECT_CHECK_SECONDS, remaining))
-        if not event.is_set() and await disconnected():
-            return
+            return None
+        await _wait(wake_up.event, min(DISCONNECT_CHECK_SECONDS, remaining))
+        if not wake_up.event.is_set() and await disconnected():
+            return None

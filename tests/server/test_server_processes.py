@@ -69,8 +69,8 @@ async def test_shared_counters_wake_other_signal(tmp_path):
     other_slot = Signal(SharedCounters(path, 2), slot=1)
     relays = [asyncio.create_task(signal.relay_shared()) for signal in (waiter, other_slot)]
     await asyncio.sleep(0.05)
-    woken = waiter.current()
-    untouched = other_slot.current()
+    woken = waiter.current().event
+    untouched = other_slot.current().event
 
     publisher.notify()
     await asyncio.wait_for(woken.wait(), timeout=2)

@@ -82,6 +82,49 @@ async def test_idle_claims_share_database_polls(client, worker, services):
     assert 1 <= len(probes) <= 8, "one probe per interval (50 ms doubling to 1 s) for all ten requests"
 
 
+async def test_publish_wakes_one_claim_per_task(client, owner, worker, services):
+    statements = []
+
+    def record(connection, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    waiting = [asyncio.create_task(client.get("/tasks?wait=4", headers=worker["headers"])) for _ in range(10)]
+    # The database watch probes 0.75 s and 1.55 s after the claims start; publishing
+    # between the two keeps its broadcast out of this count.
+    await asyncio.sleep(1.0)
+    engine = services.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        task_id = await publish(client, owner)
+        await asyncio.sleep(0.3)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    responses = await asyncio.gather(*waiting)
+
+    claims = [statement for statement in statements if "ORDER BY tasks.priority DESC" in statement]
+    claimed = [response.json()["data"]["task"]["id"] for response in responses if response.status_code == 200]
+    assert claimed == [task_id]
+    assert [response.status_code for response in responses].count(404) == 9
+    assert len(claims) == 1, "one task wakes one of the ten waiting claims"
+
+
+async def test_release_wakes_waiting_claim(client, owner, worker):
+    other = await register_and_login(client, "other-worker")
+    task_id = await publish(client, owner)
+    held = await claim(client, worker)
+    waiting = asyncio.create_task(client.get("/tasks?wait=10", headers=other["headers"]))
+    # By now the database watch probes only once a second.
+    await asyncio.sleep(2.0)
+
+    released_at = time.monotonic()
+    await client.post(f"/tasks/{task_id}/release", json={"lease_token": held["lease_token"]}, headers=worker["headers"])
+    response = await waiting
+
+    assert response.status_code == 200
+    assert response.json()["data"]["task"]["id"] == task_id
+    assert time.monotonic() - released_at < 0.4, "woken by the release, not by the next probe"
+
+
 async def test_wait_over_limit_rejected(client, worker):
     response = await client.get("/tasks?wait=31", headers=worker["headers"])
 

@@ -126,7 +126,7 @@ def _within(name: str, value: int | None, default: int, low: int, high: int) -> 
 
 
 def _record_published(services: Services, task_ids: list[int], principal: Principal) -> None:
-    services.task_signal.notify()
+    services.task_signal.notify(len(task_ids))
     services.metrics.published.inc(len(task_ids))
     for task_id in task_ids:
         log.info("task_published", task_id=task_id, owner=principal.user_id)
@@ -155,6 +155,7 @@ async def claim(
         # so they are not leased to a closed connection until they expire.
         for task in claimed:
             await services.queue.release(task.id, principal.user_id, task.lease_token)
+        services.task_signal.notify(len(claimed))
         log.info("claim_abandoned", worker=principal.user_id, task_ids=[task.id for task in claimed])
         return ok({"tasks": []})
     for task in claimed:
@@ -245,5 +246,7 @@ async def release(
     services: Services = Depends(get_services),
 ):
     await services.queue.release(task_id, principal.user_id, body.lease_token)
+    # The task can be claimed again at once, so a waiting claim may take it.
+    services.task_signal.notify(1)
     log.info("task_released", task_id=task_id, worker=principal.user_id)
     return ok({"task_id": task_id, "status": "pending"})
