@@ -24,8 +24,9 @@ class WorkerSettings:
     # long an idle worker takes to stop; 5 s keeps both low.
     claim_wait_seconds: float = 5.0
     # Claimed tasks a worker keeps waiting for a slot, beyond the running
-    # ones (None: 4 per slot). Their leases run while they wait, and they
-    # are heartbeated like running tasks. Not used with legacy_routes.
+    # ones (None: adaptive, about 0.1 s of work per slot, 4 per slot at first
+    # and at most 128). Their leases run while they wait, and they are
+    # heartbeated like running tasks. Not used with legacy_routes.
     # NOTE: one thread sends heartbeats one request at a time, so a large
     # prefetch of tasks with timeouts of a second or two can outrun it.
     prefetch: int | None = None
