@@ -528,7 +528,7 @@ class Progress:
 @click.option(
     "--prefetch", type=click.IntRange(min=0, max=1000), default=None, show_default="about 0.1 s of work per slot, at most 128 per slot",
     help="Claimed tasks kept waiting for a free slot beyond the running ones; 0 claims only for free slots. "
-    "Without it, buffered tasks far beyond the adaptive size are released when run times grow.",
+    "Without it, the size follows the average run time; fix it when short and long tasks mix.",
 )
 @click.option(
     "--legacy-routes", is_flag=True,

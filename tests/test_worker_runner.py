@@ -589,31 +589,6 @@ def test_worker_prefetch_adapts_to_run_time():
     assert long_tasks == 0, "no hoarding of tasks that run for seconds"
 
 
-def test_worker_releases_buffer_when_tasks_slow():
-    executor = FakeExecutor()
-    server = FakeServer([make_task(task_id) for task_id in range(1, 31)])
-    worker = start_worker(server, executor, concurrency=1)
-    assert wait_until(lambda: len(server.results) == 30)
-    assert worker.prefetch == 128, "the cap for sub-millisecond tasks"
-    assert server.releases == [], "nothing released while run times stay short"
-
-    # One slow task followed by many more, claimed while the buffer is large.
-    slow = make_task(100, func="sleep", args=(0.5,))
-    with server.lock:
-        server.pending.extend([slow] + [make_task(task_id) for task_id in range(101, 200)])
-        server.lock.notify_all()
-    # The slot releases the excess before it takes the next task, 101.
-    assert wait_until(lambda: 101 in server.results)
-    released = sorted(server.releases)
-    stop(worker)
-
-    assert len(released) >= 90
-    assert released == list(range(released[0], released[-1] + 1)), "the newest tasks of the claim, in one block"
-    assert released[0] > 101, "the oldest buffered tasks are kept"
-    assert all(task_id not in server.results for task_id in released)
-    assert server.results[100]["result"] == "slept"
-
-
 def test_worker_explicit_prefetch_stays_fixed():
     settings = WorkerSettings(
         server_url="http://127.0.0.1:9", username="w", password="secret-password", concurrency=2, prefetch=3

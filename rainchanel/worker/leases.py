@@ -30,6 +30,10 @@ class Lease:
     granted_at: float
     expires_at: float
     lost: bool = field(default=False)
+    # Set once the task's outcome is computed. A heartbeat refused after that
+    # usually crossed the report that ended the lease, so it is not a loss.
+    # A lease lost for real shows when the server rejects the report.
+    outcome_ready: bool = field(default=False)
 
     @property
     def renew_at(self) -> float:
@@ -114,6 +118,9 @@ class LeaseKeeper:
         except GaveUp:
             return
         except ApiError as exc:
+            if lease.outcome_ready:
+                log.debug("heartbeat_after_outcome", task_id=lease.task_id, status=exc.status, error=exc.message)
+                return
             # 404 or 409: the server reclaimed the task or it finished; the
             # outcome this worker computes will be refused.
             lease.lost = True

@@ -55,6 +55,9 @@ class FinishedTask:
     retryable: bool = True
     submitted_at: float = 0.0  # time.perf_counter() when handed to the reporter
 
+    def __post_init__(self) -> None:
+        self.lease.outcome_ready = True
+
     @property
     def task_id(self) -> int:
         return self.task["id"]

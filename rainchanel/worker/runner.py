@@ -362,7 +362,6 @@ class Worker:
                         self._release_unstarted(session, task)
                     else:
                         self._process(session, task, lease, timing)
-                        self._release_excess(session)
                 finally:
                     with self._dispatch_lock:
                         self._running -= 1
@@ -401,43 +400,12 @@ class Worker:
             error=outcome.error, retryable=outcome.retryable,
         ))
 
-    def _release_unstarted(self, session: ServerSession, task: dict, reason: str = "the worker is stopping") -> None:
+    def _release_unstarted(self, session: ServerSession, task: dict) -> None:
         try:
             outcome = self._release(session, task)
         finally:
             self.leases.remove(task["id"])
-        log.info("task_not_started", task_id=task["id"], outcome=outcome, reason=reason)
-
-    def _release_excess(self, session: ServerSession) -> None:
-        """Release the newest buffered tasks when the buffer holds far more than the adaptive prefetch.
-
-        Tasks claimed while run times were short may run long, and keeping
-        them here takes them from idle workers. A buffer may contain the
-        prefetch plus one claim for free slots, so it is cut back to that
-        only once it contains more than twice as many.
-        """
-        if not self.adaptive_prefetch:
-            return
-        keep = self.prefetch + self.settings.concurrency
-        with self._dispatch_lock:
-            if len(self._buffer) <= 2 * keep:
-                return
-            excess = [self._buffer.pop() for _ in range(len(self._buffer) - keep)]
-
-        log.info(
-            "buffer_shrunk", released=len(excess), kept=keep,
-            average_run_ms=round((self._average_run_seconds or 0) * 1000, 3),
-        )
-        reason = "run times grew, so the buffer was cut back for other workers"
-        for index, (task, _lease, _timing) in enumerate(excess):
-            try:
-                self._release_unstarted(session, task, reason)
-            except GaveUp:
-                log.error(
-                    "release_abandoned", task_ids=[task["id"] for task, _lease, _timing in excess[index:]],
-                    reason="the worker was stopped while the server was unreachable; the tasks wait for lease expiry",
-                )
-                raise
+        log.info("task_not_started", task_id=task["id"], outcome=outcome, reason="the worker is stopping")
 
     def _run_legacy_slot(self) -> None:
         session = self._new_session(self.aborting)
