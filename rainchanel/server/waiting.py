@@ -91,7 +91,7 @@ class Signal:
         self._wake_up = WakeUp()
         self._shared = shared
         self._slot = slot
-        # Requests that wait for this signal without polling the database.
+        # Requests waiting for this signal.
         self.waiting_requests = 0
         self._requests_waiting = asyncio.Event()
 
@@ -119,6 +119,9 @@ class Signal:
             return
         seen = self._shared.read(self._slot)
         while True:
+            # Idle servers skip the watch. A bump made meanwhile is still seen
+            # on the first look afterwards, which at worst wakes requests for nothing.
+            await self.wait_for_requests()
             await asyncio.sleep(SHARED_WATCH_SECONDS)
             value = self._shared.read(self._slot)
             if value != seen:
@@ -131,7 +134,7 @@ class Signal:
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
-        """Count a request that relies on watch_database() to find work in the database."""
+        """Count a waiting request; relay_shared() and watch_database() run only while some wait."""
         self.waiting_requests += 1
         self._requests_waiting.set()
         try:
@@ -217,7 +220,8 @@ async def fetch_or_wait(
             return items
 
         if poll_database:
-            await _wait(wake_up.event, min(poll_seconds, remaining))
+            with signal.waiting():
+                await _wait(wake_up.event, min(poll_seconds, remaining))
             poll_seconds = min(poll_seconds * 2, MAX_POLL_SECONDS)
         else:
             with signal.waiting():

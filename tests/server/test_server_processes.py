@@ -73,9 +73,31 @@ async def test_shared_counters_wake_other_signal(tmp_path):
     untouched = other_slot.current().event
 
     publisher.notify()
-    await asyncio.wait_for(woken.wait(), timeout=2)
+    # The relay watches the counters only while a request waits.
+    with waiter.waiting(), other_slot.waiting():
+        await asyncio.wait_for(woken.wait(), timeout=2)
 
     for relay in relays:
         relay.cancel()
     assert woken.is_set()
     assert not untouched.is_set(), "a bump wakes only the signal of its own slot"
+
+
+async def test_idle_relay_reads_no_counters(tmp_path):
+    path = tmp_path / "wakeup.bin"
+    SharedCounters.create(path, 2)
+    counters = SharedCounters(path, 2)
+    reads = []
+    read = counters.read
+    counters.read = lambda slot: reads.append(slot) or read(slot)
+    signal = Signal(counters, slot=0)
+    relay = asyncio.create_task(signal.relay_shared())
+
+    await asyncio.sleep(0.2)
+    idle_reads = len(reads)
+    with signal.waiting():
+        await asyncio.sleep(0.2)
+    relay.cancel()
+
+    assert idle_reads == 1, "one read as the relay starts, none while no request waits"
+    assert len(reads) > 10, "a read every few milliseconds while a request waits"
