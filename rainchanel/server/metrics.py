@@ -39,6 +39,9 @@ class Metrics:
         self.failed = Counter("rainchanel_tasks_failed", "Tasks failed for good.", registry=r)
         self.retried = Counter("rainchanel_tasks_retried", "Failed attempts queued again after a backoff.", registry=r)
         self.reclaimed = Counter("rainchanel_tasks_reclaimed", "Expired leases reclaimed.", registry=r)
+        self.released = Counter(
+            "rainchanel_tasks_released", "Claimed tasks released back to the queue without counting the attempt.", registry=r
+        )
         self.queue_wait = Histogram(
             "rainchanel_task_queue_wait_seconds",
             "Time from publish to claim.",

@@ -94,7 +94,11 @@ async def test_metrics_counters_follow_operations(make_client):
     await publish(client, owner, args=(2, 2))
     await publish(client, owner, args=(3, 3), max_retries=0)
     await publish(client, owner, args=(4, 4), timeout_seconds=1)
-    completed, retried, failed, abandoned = [await claim(client, worker) for _ in range(4)]
+    await publish(client, owner, args=(5, 5))
+    completed, retried, failed, abandoned, released = [await claim(client, worker) for _ in range(5)]
+    await client.post(
+        f"/tasks/{released['id']}/release", json={"lease_token": released["lease_token"]}, headers=worker["headers"]
+    )
     await report_result(client, worker, completed)
     await report_failure(client, worker, retried)
     await report_failure(client, worker, failed)
@@ -106,13 +110,14 @@ async def test_metrics_counters_follow_operations(make_client):
         return value(after, name) - value(before, name)
 
     assert abandoned["timeout_seconds"] == 1
-    assert increase("rainchanel_tasks_published_total") == 4
-    assert increase("rainchanel_tasks_claimed_total") == 4
+    assert increase("rainchanel_tasks_published_total") == 5
+    assert increase("rainchanel_tasks_claimed_total") == 5
+    assert increase("rainchanel_tasks_released_total") == 1
     assert increase("rainchanel_tasks_completed_total") == 1
     assert increase("rainchanel_tasks_failed_total") == 1
     assert increase("rainchanel_tasks_retried_total") == 2
     assert increase("rainchanel_tasks_reclaimed_total") == 1
-    assert increase("rainchanel_task_queue_wait_seconds_count") == 4
+    assert increase("rainchanel_task_queue_wait_seconds_count") == 5
     assert increase("rainchanel_task_run_seconds_count") == 3
 
 

@@ -155,6 +155,7 @@ async def claim(
         # so they are not leased to a closed connection until they expire.
         for task in claimed:
             await services.queue.release(task.id, principal.user_id, task.lease_token)
+        services.metrics.released.inc(len(claimed))
         services.task_signal.notify(len(claimed))
         log.info("claim_abandoned", worker=principal.user_id, task_ids=[task.id for task in claimed])
         return ok({"tasks": []})
@@ -246,6 +247,7 @@ async def release(
     services: Services = Depends(get_services),
 ):
     await services.queue.release(task_id, principal.user_id, body.lease_token)
+    services.metrics.released.inc()
     # The task can be claimed again at once, so a waiting claim may take it.
     services.task_signal.notify(1)
     log.info("task_released", task_id=task_id, worker=principal.user_id)
