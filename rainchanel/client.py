@@ -12,9 +12,12 @@ from typing import Any, overload
 
 import httpx
 
+from rainchanel import __version__
 from rainchanel.errors import ConfigError, RainChanelError
 
 DEFAULT_SERVER_URL = "http://127.0.0.1:8080"
+# Sent as User-Agent; the server logs it with each request.
+DEFAULT_USER_AGENT = f"rainchanel-client/{__version__}"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 
 # Maximum length of a non-JSON error body quoted in an ApiError message.
@@ -136,6 +139,7 @@ class RainChanelClient:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
+        user_agent: str = DEFAULT_USER_AGENT,
     ) -> None:
         problem = server_url_problem(base_url)
         if problem is not None:
@@ -143,7 +147,9 @@ class RainChanelClient:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_seconds = timeout
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, headers={"User-Agent": user_agent}
+        )
 
     def __enter__(self) -> "RainChanelClient":
         return self

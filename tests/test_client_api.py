@@ -6,6 +6,8 @@ import json
 import httpx
 import pytest
 
+import rainchanel
+
 from rainchanel.client import ApiError, RainChanelClient, TaskRequest
 from rainchanel.errors import ConfigError, RainChanelError
 
@@ -28,6 +30,18 @@ def test_client_rejects_url_without_scheme():
 
     assert "must start with http:// or https://" in str(caught.value)
     assert isinstance(caught.value, RainChanelError)
+
+
+def test_client_sends_user_agent():
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers["user-agent"])
+        return envelope({"status": "ok"})
+
+    make_client(handler).ping()
+
+    assert seen == [f"rainchanel-client/{rainchanel.__version__}"]
 
 
 def test_client_login_keeps_token():

@@ -3,12 +3,16 @@
 import base64
 import hashlib
 import json
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
 
 import httpx
 import pytest
+
+import rainchanel
 
 pytest.importorskip("rainchanel.wasm.execute")
 
@@ -87,6 +91,7 @@ class FakeServer:
         self.fail_next = {}  # path -> list of statuses to return before succeeding
         self.fail_items = {}  # task_id -> list of per-item statuses for batch reports
         self.valid_token = "token-1"
+        self.user_agents = set()
 
     def add_task(self, task):
         with self.lock:
@@ -96,6 +101,7 @@ class FakeServer:
     def handle(self, request):
         path = request.url.path
         with self.lock:
+            self.user_agents.add(request.headers.get("user-agent"))
             statuses = self.fail_next.get(path)
             if statuses:
                 status = statuses.pop(0)
@@ -223,6 +229,7 @@ def test_worker_completes_and_fails_tasks(legacy):
     assert server.failures[2]["error_msg"] == "wasm trap: integer divide by zero"
     assert server.failures[2]["retryable"] is False
     assert worker.executor.closed
+    assert server.user_agents == {f"rainchanel-worker/{rainchanel.__version__} ({socket.gethostname()}; pid {os.getpid()})"}
 
 
 @ROUTE_MODES

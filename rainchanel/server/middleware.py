@@ -9,6 +9,9 @@ from rainchanel.server.metrics import Metrics
 
 log = structlog.get_logger("rainchanel.http")
 
+# Longer User-Agent values are cut in logs, so a client cannot flood them.
+MAX_LOGGED_USER_AGENT = 200
+
 
 class BodyTooLarge(Exception):
     pass
@@ -120,6 +123,11 @@ class RequestLogMiddleware:
             return await self.app(scope, receive, send)
 
         structlog.contextvars.clear_contextvars()
+        user_agent = _header(scope, b"user-agent")
+        if user_agent:
+            # Every event of this request names the client, so the logs
+            # distinguish workers that share an account.
+            structlog.contextvars.bind_contextvars(client=user_agent[:MAX_LOGGED_USER_AGENT])
         started = time.perf_counter()
         status = 500
 
@@ -142,6 +150,13 @@ class RequestLogMiddleware:
                 status=status,
                 duration_ms=round(duration * 1000, 2),
             )
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _route_template(scope) -> str:

@@ -5,13 +5,16 @@ sessions of a process share one Credentials, so a token refreshed by one
 thread is used by the others.
 """
 
+import os
 import random
+import socket
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 import httpx
 
+from rainchanel import __version__
 from rainchanel.client import ApiError, RainChanelClient
 from rainchanel.logs import get_logger
 
@@ -69,6 +72,11 @@ class Credentials:
             return self.token
 
 
+def worker_user_agent() -> str:
+    """Return the User-Agent of this worker process, which names its host and pid for the server's logs."""
+    return f"rainchanel-worker/{__version__} ({socket.gethostname()}; pid {os.getpid()})"
+
+
 class ServerSession:
     """Sends requests for one worker thread, retrying transient failures.
 
@@ -85,7 +93,9 @@ class ServerSession:
         timeout_seconds: float,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.client = RainChanelClient(server_url, timeout=timeout_seconds, transport=transport)
+        self.client = RainChanelClient(
+            server_url, timeout=timeout_seconds, transport=transport, user_agent=worker_user_agent()
+        )
         self.credentials = credentials
         self.give_up = give_up
 

@@ -3,6 +3,7 @@
 import asyncio
 import socket
 
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -136,3 +137,13 @@ async def test_metrics_http_route_label(client, owner, worker):
     assert value(
         samples, "rainchanel_http_request_duration_seconds_count", method="POST", route="/tasks", status="200"
     ) == 1
+
+
+async def test_request_events_name_client(client, owner):
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+        await client.get("/results", headers={**owner["headers"], "User-Agent": "rainchanel-worker/0.1.0 (host-a; pid 42)"})
+
+    requests = [event for event in events if event["event"] == "http_request"]
+    assert len(requests) == 1
+    assert requests[0]["client"] == "rainchanel-worker/0.1.0 (host-a; pid 42)"
+    assert requests[0]["status"] == 404
