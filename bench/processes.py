@@ -86,6 +86,21 @@ def stop_all() -> None:
 
 def tree_rss_bytes(pid: int) -> int:
     """Return the resident set size of a process and all its descendants, in bytes."""
+    return _sum_over_tree(pid, lambda process: process.memory_info().rss)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the user plus system CPU seconds used so far by a process and its living descendants."""
+
+    def cpu_seconds(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    return _sum_over_tree(pid, cpu_seconds)
+
+
+def _sum_over_tree(pid: int, measure) -> float:
+    """Return the sum of measure(process) over a process and its descendants, skipping those that exited."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
@@ -94,24 +109,7 @@ def tree_rss_bytes(pid: int) -> int:
     total = 0
     for process in processes:
         try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """Return the user plus system CPU seconds used so far by a process and its living descendants."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
+            total += measure(process)
         except psutil.NoSuchProcess:
             pass
     return total

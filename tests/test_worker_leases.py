@@ -1,4 +1,4 @@
-"""The heartbeat side of LeaseKeeper, with a session that refuses every heartbeat."""
+"""The heartbeat side of LeaseKeeper, with a session that rejects every heartbeat."""
 
 import threading
 
@@ -8,7 +8,7 @@ from rainchanel.worker.leases import LeaseKeeper
 from rainchanel.worker.reporter import FinishedTask
 
 
-class RefusingSession:
+class RejectingSession:
     """A session whose every call fails with the 409 a server returns for a lease that ended."""
 
     def __init__(self):
@@ -27,8 +27,8 @@ def claimed_task(task_id=7):
     return {"id": task_id, "lease_token": f"lease-{task_id}", "timeout_seconds": 30, "lease_expires_at": None}
 
 
-def test_refused_heartbeat_marks_lease_lost():
-    session = RefusingSession()
+def test_rejected_heartbeat_marks_lease_lost():
+    session = RejectingSession()
     keeper = LeaseKeeper(session)
     lease = keeper.add(claimed_task())
 
@@ -39,7 +39,7 @@ def test_refused_heartbeat_marks_lease_lost():
 
 
 def test_heartbeat_after_outcome_not_lost():
-    session = RefusingSession()
+    session = RejectingSession()
     keeper = LeaseKeeper(session)
     lease = keeper.add(claimed_task())
     lease.outcome_ready = True
@@ -51,7 +51,7 @@ def test_heartbeat_after_outcome_not_lost():
 
 
 def test_finished_task_marks_outcome_ready():
-    keeper = LeaseKeeper(RefusingSession())
+    keeper = LeaseKeeper(RejectingSession())
     lease = keeper.add(claimed_task())
 
     FinishedTask(claimed_task(), lease, TaskTiming(), started_at=0.0, completed=True, result=5)

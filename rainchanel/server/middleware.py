@@ -78,13 +78,13 @@ class BodyLimitMiddleware:
 
 
 def _content_length(scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = _header(scope, b"content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 class JsonBodyMiddleware:
@@ -153,6 +153,7 @@ class RequestLogMiddleware:
 
 
 def _header(scope, name: bytes) -> str | None:
+    """Return the first value of the header name (lower case), or None when it is missing."""
     for key, value in scope.get("headers", ()):
         if key == name:
             return value.decode("latin-1")

@@ -33,8 +33,8 @@ MAX_WAIT_SECONDS = 30
 BATCH_LINGER_SECONDS = 0.01
 # How often each process looks at the counters the other processes bump.
 SHARED_WATCH_SECONDS = 0.005
-# How often a request waiting without its own database polls checks that
-# its client is still connected.
+# How often a waiting claim, which does not poll the database itself,
+# checks that its client is still connected.
 DISCONNECT_CHECK_SECONDS = 1.0
 COUNTER_FORMAT = "Q"
 COUNTER_BYTES = struct.calcsize(COUNTER_FORMAT)

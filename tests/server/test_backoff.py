@@ -41,8 +41,12 @@ async def test_backoff_first_retry(make_client):
     assert row.available_at <= after + 1_000_000 + CLOCK_TOLERANCE_US
 
 
-async def test_backoff_doubles(make_client):
-    client, owner, worker = await start(make_client, retry_backoff_seconds=0.2, retry_backoff_max_seconds=10)
+async def fail_twice(make_client, max_backoff_seconds: float):
+    """Fail a task's first two attempts with a 0.2 s base backoff.
+
+    Returns the second claim, the time window of its failure report and the task's row.
+    """
+    client, owner, worker = await start(make_client, retry_backoff_seconds=0.2, retry_backoff_max_seconds=max_backoff_seconds)
     task_id = await publish(client, owner)
     await fail_and_time(client, worker, await claim(client, worker))
     await asyncio.sleep(0.25)
@@ -50,6 +54,11 @@ async def test_backoff_doubles(make_client):
 
     before, after = await fail_and_time(client, worker, second)
     row = await task_row(client.app.state.services, task_id)
+    return second, before, after, row
+
+
+async def test_backoff_doubles(make_client):
+    second, before, after, row = await fail_twice(make_client, max_backoff_seconds=10)
 
     assert second["attempt"] == 2
     assert row.available_at >= before + 320_000 - CLOCK_TOLERANCE_US
@@ -57,14 +66,7 @@ async def test_backoff_doubles(make_client):
 
 
 async def test_backoff_capped(make_client):
-    client, owner, worker = await start(make_client, retry_backoff_seconds=0.2, retry_backoff_max_seconds=0.25)
-    task_id = await publish(client, owner)
-    await fail_and_time(client, worker, await claim(client, worker))
-    await asyncio.sleep(0.25)
-    second = await claim(client, worker)
-
-    before, after = await fail_and_time(client, worker, second)
-    row = await task_row(client.app.state.services, task_id)
+    _second, before, after, row = await fail_twice(make_client, max_backoff_seconds=0.25)
 
     assert row.available_at >= before + 200_000 - CLOCK_TOLERANCE_US
     assert row.available_at <= after + 250_000 + CLOCK_TOLERANCE_US

@@ -111,13 +111,13 @@ async def test_publish_wakes_one_claim_per_task(client, owner, worker, services)
 async def test_release_wakes_waiting_claim(client, owner, worker):
     other = await register_and_login(client, "other-worker")
     task_id = await publish(client, owner)
-    held = await claim(client, worker)
+    leased = await claim(client, worker)
     waiting = asyncio.create_task(client.get("/tasks?wait=10", headers=other["headers"]))
     # By now the database watch probes only once a second.
     await asyncio.sleep(2.0)
 
     released_at = time.monotonic()
-    await client.post(f"/tasks/{task_id}/release", json={"lease_token": held["lease_token"]}, headers=worker["headers"])
+    await client.post(f"/tasks/{task_id}/release", json={"lease_token": leased["lease_token"]}, headers=worker["headers"])
     response = await waiting
 
     assert response.status_code == 200
